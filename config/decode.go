@@ -1,0 +1,328 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Defaults for settings not written in the file.
+const (
+	DefaultMilterListen    = "inet:127.0.0.1:8894"
+	DefaultBindingHeader   = "X-Binding"
+	DefaultMaxBodyBytes    = 1 << 20
+	DefaultTransportPrefix = "vip_"
+	DefaultStateDir        = "/var/lib/vipmilter"
+	DefaultMaxOutbound     = 32
+)
+
+// setting is a value together with the node that set it, so inherited
+// defaults still report the line they came from.
+type setting[T any] struct {
+	v   T
+	set bool
+}
+
+func (s *setting[T]) put(v T) { s.v, s.set = v, true }
+
+// values collects what one scope (file, group or binding) says.
+type values struct {
+	// Inherited by the bindings inside the scope.
+	iface, ehlo, relay    setting[string]
+	moc, smoc, pfx4, pfx6 setting[int]
+	suspend               setting[bool]
+
+	// Binding only.
+	addrs       []addrAt
+	addrWritten bool // a Bind_Address was written, valid or not
+	domains     []strAt
+	weight      setting[int]
+	weightPos   Pos
+
+	// Group only.
+	selection setting[Selection]
+}
+
+type addrAt struct {
+	addr   netip.Addr
+	bits   int // -1: from Bind_Prefix
+	pos    Pos
+	keyPos Pos
+}
+
+type strAt struct {
+	s   string
+	pos Pos
+}
+
+type decoder struct {
+	cfg      *Config
+	errs     ErrorList
+	firstPos map[string]Pos // "binding:name" / "group:name" / lower-cased -> first declaration
+	domains  map[string]*Binding
+	domPos   map[string]Pos
+	addrs    map[netip.Addr]*Binding
+}
+
+func (d *decoder) errorf(pos Pos, keyword, format string, args ...any) {
+	d.errs = append(d.errs, &Error{Pos: pos, Keyword: keyword, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (d *decoder) warnf(pos Pos, keyword, format string, args ...any) {
+	d.cfg.Warnings = append(d.cfg.Warnings, &Error{Pos: pos, Keyword: keyword, Msg: fmt.Sprintf(format, args...)})
+}
+
+func decode(name string, nodes []*Node) (*Config, error) {
+	cfg := &Config{
+		File:            name,
+		MilterListen:    DefaultMilterListen,
+		BindingHeader:   DefaultBindingHeader,
+		OnPolicyError:   PolicyErrorDefault,
+		OnMilterDown:    MilterDownAccept,
+		MaxBodyBytes:    DefaultMaxBodyBytes,
+		BindPrefix4:     32,
+		BindPrefix6:     128,
+		TransportPrefix: DefaultTransportPrefix,
+		StateDir:        DefaultStateDir,
+	}
+	d := &decoder{
+		cfg:      cfg,
+		firstPos: make(map[string]Pos),
+		domains:  make(map[string]*Binding),
+		domPos:   make(map[string]Pos),
+		addrs:    make(map[netip.Addr]*Binding),
+	}
+	global := &values{}
+	var stanzas []*Node
+	d.settings(nodes, inGlobal, global, func(n *Node) { stanzas = append(stanzas, n) })
+	if global.pfx4.set {
+		cfg.BindPrefix4 = global.pfx4.v
+	}
+	if global.pfx6.set {
+		cfg.BindPrefix6 = global.pfx6.v
+	}
+	if global.iface.set {
+		cfg.Interface = global.iface.v
+	}
+	for _, n := range stanzas {
+		switch lookupKeyword(n.Name).Name {
+		case "Binding":
+			d.binding(n, nil, global, nil)
+		case "Binding_Group":
+			d.group(n, global)
+		}
+	}
+	if len(d.errs) > 0 {
+		return nil, d.errs
+	}
+	cfg.Index()
+	return cfg, nil
+}
+
+// settings applies the "Name = value" statements of one scope and hands
+// stanzas to stanza, after checking each keyword is allowed there.
+func (d *decoder) settings(nodes []*Node, where scope, v *values, stanza func(*Node)) {
+	seen := make(map[*keyword]Pos)
+	for _, n := range nodes {
+		k := lookupKeyword(n.Name)
+		if k == nil {
+			if s := suggest(n.Name); s != "" {
+				d.errorf(n.Pos, n.Name, "unknown keyword; did you mean %s?", s)
+			} else {
+				d.errorf(n.Pos, n.Name, "unknown keyword")
+			}
+			continue
+		}
+		if k.Scopes&where == 0 {
+			d.errorf(n.Pos, n.Name, "not allowed in %s (allowed in: %s)", scopeName(where), k.Scopes)
+			continue
+		}
+		if k.Stanza != n.Block {
+			if k.Stanza {
+				d.errorf(n.Pos, n.Name, `is a stanza: write %s "name" { ... }`, k.Name)
+			} else {
+				d.errorf(n.Pos, n.Name, "is a setting: write %s = value", k.Name)
+			}
+			continue
+		}
+		if k.Stanza {
+			stanza(n)
+			continue
+		}
+		if first, dup := seen[k]; dup && !k.Repeat {
+			d.errorf(n.Pos, n.Name, "set twice in the same %s (first at line %d)", scopeName(where), first.Line)
+			continue
+		}
+		seen[k] = n.Pos
+		k.set(d, n, v)
+	}
+}
+
+func scopeName(s scope) string {
+	switch s {
+	case inGlobal:
+		return "the file's global settings"
+	case inGroup:
+		return "a Binding_Group"
+	case inBinding:
+		return "a Binding"
+	}
+	return s.String()
+}
+
+// declare records a binding or group name and reports collisions, including
+// names that differ only in letter case: Postfix's regexp tables compare
+// header values case-insensitively, so "Pool" and "pool" would route alike.
+func (d *decoder) declare(n *Node) bool {
+	name := n.Label
+	if name == "" {
+		d.errorf(n.Pos, n.Name, "needs a name: %s \"Name\" { ... }", n.Name)
+		return false
+	}
+	if !ValidName(name) {
+		d.errorf(n.LabelPos, n.Name, "name %q: use 1 to 64 of A-Z a-z 0-9 . _ - (anything else could inject into Postfix tables)", name)
+		return false
+	}
+	key := strings.ToLower(name)
+	if first, dup := d.firstPos[key]; dup {
+		d.errorf(n.LabelPos, n.Name, "name %q is already declared at line %d (binding and group names must differ, also in more than letter case)", name, first.Line)
+		return false
+	}
+	d.firstPos[key] = n.LabelPos
+	return true
+}
+
+func (d *decoder) group(n *Node, global *values) {
+	if !d.declare(n) {
+		return
+	}
+	if n.Label == DefaultBindingName {
+		d.errorf(n.LabelPos, n.Name, "%q is reserved for the fallback binding", DefaultBindingName)
+		return
+	}
+	g := &Group{Name: n.Label, Selection: SelectSticky, Pos: n.Pos}
+	gv := &values{}
+	var members []*Node
+	d.settings(n.Children, inGroup, gv, func(c *Node) { members = append(members, c) })
+	if gv.selection.set {
+		g.Selection = gv.selection.v
+	}
+	for _, m := range members {
+		d.binding(m, g, global, gv)
+	}
+	if len(members) == 0 && !hasStanza(n.Children) {
+		d.errorf(n.Pos, n.Name, "group %q has no members (add Binding stanzas inside it)", n.Label)
+	}
+	d.cfg.Groups = append(d.cfg.Groups, g)
+}
+
+func (d *decoder) binding(n *Node, g *Group, global, gv *values) {
+	if !d.declare(n) {
+		return
+	}
+	if g != nil && n.Label == DefaultBindingName {
+		d.errorf(n.LabelPos, n.Name, "the fallback binding %q must be declared outside any group", DefaultBindingName)
+		return
+	}
+	bv := &values{}
+	d.settings(n.Children, inBinding, bv, func(*Node) {})
+	b := &Binding{Name: n.Label, Group: g, Pos: n.Pos}
+
+	// Innermost scope wins: binding, then group, then file.
+	scopes := []*values{bv}
+	if gv != nil {
+		scopes = append(scopes, gv)
+	}
+	scopes = append(scopes, global)
+	str := func(get func(*values) setting[string], def string) string {
+		for _, s := range scopes {
+			if x := get(s); x.set {
+				return x.v
+			}
+		}
+		return def
+	}
+	num := func(get func(*values) setting[int], def int) int {
+		for _, s := range scopes {
+			if x := get(s); x.set {
+				return x.v
+			}
+		}
+		return def
+	}
+	b.Interface = str(func(v *values) setting[string] { return v.iface }, "")
+	b.EHLOHostname = str(func(v *values) setting[string] { return v.ehlo }, EHLOHostname)
+	b.Relay = str(func(v *values) setting[string] { return v.relay }, "")
+	b.MaxOutboundConnections = num(func(v *values) setting[int] { return v.moc }, DefaultMaxOutbound)
+	b.ServerMaxOutboundConnections = num(func(v *values) setting[int] { return v.smoc }, 0)
+	pfx4 := num(func(v *values) setting[int] { return v.pfx4 }, 32)
+	pfx6 := num(func(v *values) setting[int] { return v.pfx6 }, 128)
+	for _, s := range scopes {
+		if s.suspend.set {
+			b.SuspendDelivery = s.suspend.v
+			break
+		}
+	}
+	b.Weight = 1
+	if bv.weight.set {
+		if g == nil {
+			d.errorf(bv.weightPos, "Weight", "only applies to members of a Binding_Group")
+		}
+		b.Weight = bv.weight.v
+	}
+
+	var first4, first6 Pos
+	for _, a := range bv.addrs {
+		first := &first4
+		fam, bits := "IPv4", pfx4
+		if a.addr.Is6() {
+			first, fam, bits = &first6, "IPv6", pfx6
+		}
+		if first.Line != 0 {
+			d.errorf(a.keyPos, "Bind_Address", "a binding has at most one %s address (the first is at line %d)", fam, first.Line)
+			continue
+		}
+		*first = a.keyPos
+		if a.bits >= 0 {
+			bits = a.bits
+		}
+		b.Addresses = append(b.Addresses, netip.PrefixFrom(a.addr, bits))
+		if other, dup := d.addrs[a.addr]; dup {
+			d.warnf(a.pos, "Bind_Address", "%s is also the address of binding %q (line %d): both leave from the same address", a.addr, other.Name, other.Pos.Line)
+		} else {
+			d.addrs[a.addr] = b
+		}
+	}
+	if len(b.Addresses) == 0 && !bv.addrWritten && b.Name != DefaultBindingName {
+		d.errorf(n.Pos, n.Name, "binding %q has no Bind_Address (only the fallback binding %q may omit it)", b.Name, DefaultBindingName)
+	}
+
+	for _, dom := range bv.domains {
+		if prev, dup := d.domains[dom.s]; dup {
+			d.errorf(dom.pos, "Match_Domain", "%s is already claimed by binding %q at line %d", dom.s, prev.Name, d.domPos[dom.s].Line)
+			continue
+		}
+		d.domains[dom.s], d.domPos[dom.s] = b, dom.pos
+		b.MatchDomains = append(b.MatchDomains, dom.s)
+	}
+
+	if b.EHLOHostname == EHLOMessage && len(b.MatchDomains) != 1 {
+		d.warnf(n.Pos, "EHLO_Hostname", "binding %q: __message__ (the envelope sender's domain) cannot be honoured: Postfix sets the EHLO name per transport and this binding has %d Match_Domain values; it will greet with $myhostname (__hostname__) instead. Give it exactly one Match_Domain or a literal host name", b.Name, len(b.MatchDomains))
+	}
+
+	d.cfg.Bindings = append(d.cfg.Bindings, b)
+	if g != nil {
+		g.Members = append(g.Members, b)
+	}
+}
+
+// hasStanza reports whether nodes hold any stanza, so that a group whose
+// only member was rejected is not also reported as empty.
+func hasStanza(nodes []*Node) bool {
+	for _, n := range nodes {
+		if n.Block {
+			return true
+		}
+	}
+	return false
+}

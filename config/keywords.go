@@ -1,0 +1,174 @@
+package config
+
+import (
+	"strings"
+)
+
+// scope is where a keyword may appear; keywords that configure a binding
+// may also be written at group or file level, where they set the default for
+// the bindings inside (as in Momentum, the innermost scope wins).
+type scope uint8
+
+const (
+	inGlobal scope = 1 << iota
+	inGroup
+	inBinding
+)
+
+const everywhere = inGlobal | inGroup | inBinding
+
+// keyword is one row of the binding file's vocabulary. The same table drives
+// decoding, "did you mean" suggestions and docs/config.md, so the reference
+// cannot drift from the code.
+type keyword struct {
+	Name    string // canonical spelling
+	Scopes  scope
+	Stanza  bool // Name "label" { ... } instead of Name = value
+	Repeat  bool // may appear more than once in one scope
+	Values  string
+	Default string
+	Doc     string
+
+	set func(d *decoder, n *Node, v *values) // nil for stanzas
+}
+
+var keywords []*keyword
+
+var keywordIndex map[string]*keyword
+
+func init() {
+	keywords = []*keyword{
+		{Name: "Milter_Listen", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Default: `"inet:127.0.0.1:8894"`,
+			Doc: "Where `vipmilter serve` listens, in Postfix notation. A unix socket must live under Postfix's queue directory (normally /var/spool/postfix) so that chrooted smtpd processes can reach it; `vipmilter postfix` refuses one that does not. Ignored when systemd passes a listening socket (socket activation).",
+			set: setMilterListen},
+		{Name: "Sieve_Script", Scopes: inGlobal, Values: "file name", Default: "none",
+			Doc: "The Sieve policy, relative to the binding file's directory. Without a script, bindings are chosen by `Match_Domain` alone.",
+			set: setSieveScript},
+		{Name: "Binding_Header", Scopes: inGlobal, Values: "header field name", Default: `"X-Binding"`,
+			Doc: "The header the milter writes with the chosen binding and Postfix routes on. Every copy a client sends is deleted first. Standard headers (From, Received, Content-*, …) are refused.",
+			set: setBindingHeader},
+		{Name: "On_Policy_Error", Scopes: inGlobal, Values: "`default` \\| `tempfail`", Default: "`default`",
+			Doc: "What happens when the Sieve script fails at run time or names no known binding or group: `default` delivers through the fallback binding and logs an error; `tempfail` answers 4xx so the client retries later.",
+			set: setOnPolicyError},
+		{Name: "On_Milter_Down", Scopes: inGlobal, Values: "`accept` \\| `tempfail`", Default: "`accept`",
+			Doc: "Rendered as Postfix's `milter_default_action`: what Postfix does when it cannot reach the milter. With `accept`, mail still flows and `Match_Domain` bindings are still honoured through `sender_dependent_default_transport_maps`.",
+			set: setOnMilterDown},
+		{Name: "Max_Body_Bytes", Scopes: inGlobal, Values: "bytes, optional suffix `K`, `M`, `G` (binary)", Default: "`1M`",
+			Doc: "How much of the body a script that requires `body` may see. Postfix is only asked for the body when the script needs it.",
+			set: setMaxBodyBytes},
+		{Name: "Interface", Scopes: everywhere, Values: "interface name", Default: "none",
+			Doc: "The network interface on which `vipmilter provision` configures binding addresses. Needed by the provisioner for every binding with an address; the milter and the Postfix renderer do not use it.",
+			set: setInterface},
+		{Name: "Bind_Prefix", Scopes: everywhere, Values: "1–32", Default: "`32`",
+			Doc: "Prefix length given to IPv4 binding addresses the provisioner adds, unless the address is written as `addr/len`.",
+			set: setBindPrefix4},
+		{Name: "Bind_Prefix6", Scopes: everywhere, Values: "1–128", Default: "`128`",
+			Doc: "Prefix length given to IPv6 binding addresses the provisioner adds, unless the address is written as `addr/len`.",
+			set: setBindPrefix6},
+		{Name: "Transport_Prefix", Scopes: inGlobal, Values: "`[A-Za-z][A-Za-z0-9_-]`, up to 32", Default: `"vip_"`,
+			Doc: "Prefix of the master.cf services and main.cf parameters that `vipmilter postfix` owns; the transport of binding `B` is `<prefix>B`.",
+			set: setTransportPrefix},
+		{Name: "Keep_Header_On_Delivery", Scopes: inGlobal, Values: "boolean", Default: "`false`",
+			Doc: "Keep the binding header on mail that leaves. By default the binding transports strip it.",
+			set: setKeepHeader},
+		{Name: "Metrics_Listen", Scopes: inGlobal, Values: "`host:port`", Default: "none (off)",
+			Doc: "Serve Prometheus metrics at `http://host:port/metrics`.",
+			set: setMetricsListen},
+		{Name: "State_Dir", Scopes: inGlobal, Values: "absolute path", Default: `"/var/lib/vipmilter"`,
+			Doc: "Where the provisioner records which addresses it added, so that `--prune` never removes an address it did not add.",
+			set: setStateDir},
+		{Name: "Binding", Scopes: inGlobal | inGroup, Stanza: true, Repeat: true, Values: "name: `[A-Za-z0-9._-]`, 1–64, case-sensitive",
+			Doc: "A source identity: addresses, EHLO name and delivery limits. The binding named `default` is the fallback for mail the policy does not place; without one, such mail takes Postfix's ordinary delivery. Names must also differ in more than letter case, because Postfix's tables match case-insensitively."},
+		{Name: "Binding_Group", Scopes: inGlobal, Stanza: true, Repeat: true, Values: "name, as for Binding",
+			Doc: "A pool of bindings. Naming the group in the policy picks one live member. Settings written in the group (other than `Bind_Address`, `Match_Domain`, `Weight`) are defaults for its members."},
+		{Name: "Selection", Scopes: inGroup, Values: "`sticky` \\| `random` \\| `round_robin`", Default: "`sticky`",
+			Doc: "How a group picks a member: `sticky` by weighted rendezvous hashing of the first recipient's domain (a destination keeps seeing the same address), `random` by weight, `round_robin` in turn. Suspended members and members whose address is not on the host are skipped; when none is left, all members are candidates, so mail waits in the queue rather than leaving from an address outside the group.",
+			set: setSelection},
+		{Name: "Bind_Address", Scopes: inBinding, Repeat: true, Values: "IPv4 or IPv6 address, optional `/len`",
+			Doc: "The source address. Repeat the keyword to give one IPv4 and one IPv6 address; at most one of each. Required in every binding except `default` (where it also binds the mail Postfix generates itself, such as bounces).",
+			set: setBindAddress},
+		{Name: "EHLO_Hostname", Scopes: everywhere, Values: "`__hostname__` \\| `__message__` \\| host name", Default: "`__hostname__`",
+			Doc: "The name sent in EHLO. `__hostname__` is Postfix's `$myhostname`. `__message__` (Momentum: the envelope sender's domain) can only be honoured when the binding has exactly one `Match_Domain`, because Postfix sets the EHLO name per transport; otherwise `check` warns and the binding greets with `$myhostname`.",
+			set: setEHLO},
+		{Name: "Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: no limit)", Default: "`32`",
+			Doc: "Concurrent connections from this binding to one destination domain, as in Momentum (Postfix's `<transport>_destination_concurrency_limit`).",
+			set: setMaxOutbound},
+		{Name: "Server_Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: Postfix's default_process_limit)", Default: "`0`",
+			Doc: "Concurrent connections from this binding in total (the transport's master.cf process limit).",
+			set: setServerMaxOutbound},
+		{Name: "Suspend_Delivery", Scopes: everywhere, Values: "boolean", Default: "`false`",
+			Doc: "Hold this binding's mail in the queue: it is neither delivered from any address nor bounced (until `maximal_queue_lifetime`), and leaves from the binding's address once unsuspended and re-applied with `vipmilter postfix`. Group members that are suspended are skipped by selection.",
+			set: setSuspend},
+		{Name: "Match_Domain", Scopes: inBinding, Repeat: true, Values: "domain name",
+			Doc: "Mail whose envelope sender is in exactly this domain (case-insensitive) uses this binding unless the Sieve script chose one. Repeatable; a domain may belong to one binding only. Also rendered for Postfix, so it keeps working when the milter is down.",
+			set: setMatchDomain},
+		{Name: "Weight", Scopes: inBinding, Values: "1–1000", Default: "`1`",
+			Doc: "A group member's share of `sticky` and `random` selection. Only inside a Binding_Group.",
+			set: setWeight},
+		{Name: "Relay", Scopes: everywhere, Values: "Postfix next hop: `host`, `[host]`, `[host]:port`", Default: "none (the recipient's domain)",
+			Doc: "Send this binding's mail through a smarthost. Needed on sites with a relayhost: routing by binding bypasses `relayhost` and `transport_maps`.",
+			set: setRelay},
+	}
+	keywordIndex = make(map[string]*keyword, len(keywords))
+	for _, k := range keywords {
+		keywordIndex[strings.ToLower(k.Name)] = k
+	}
+}
+
+func lookupKeyword(name string) *keyword { return keywordIndex[strings.ToLower(name)] }
+
+// suggest returns the keyword closest to name, or "" when none is close
+// enough to be a plausible typo.
+func suggest(name string) string {
+	lname := strings.ToLower(name)
+	best, bestDist := "", 1<<30
+	for _, k := range keywords {
+		d := editDistance(lname, strings.ToLower(k.Name))
+		if d < bestDist {
+			best, bestDist = k.Name, d
+		}
+	}
+	limit := len(name) / 3
+	if limit < 2 {
+		limit = 2
+	}
+	if bestDist > limit {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func (s scope) String() string {
+	var parts []string
+	if s&inGlobal != 0 {
+		parts = append(parts, "file")
+	}
+	if s&inGroup != 0 {
+		parts = append(parts, "Binding_Group")
+	}
+	if s&inBinding != 0 {
+		parts = append(parts, "Binding")
+	}
+	return strings.Join(parts, ", ")
+}

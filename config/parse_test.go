@@ -1,0 +1,299 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseExample(t *testing.T) {
+	cfg, err := Load("../examples/vipmilter.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("example has warnings: %v", cfg.Warnings)
+	}
+	ex := cfg.Binding("Example")
+	if ex == nil || cfg.MatchDomain("EXAMPLE.com") != ex {
+		t.Fatalf("Match_Domain example.com does not find binding Example")
+	}
+	if a, _ := ex.Addr6(); a != netip.MustParseAddr("2001:db8::10") {
+		t.Errorf("Example IPv6 = %v", a)
+	}
+	if ex.MaxOutboundConnections != 20 || cfg.Default() == nil {
+		t.Errorf("Example MOC %d, default %v", ex.MaxOutboundConnections, cfg.Default())
+	}
+	g := cfg.Group("Pool")
+	if g == nil || len(g.Members) != 2 || g.Members[0].Weight != 3 || g.Members[1].Weight != 1 || g.Selection != SelectSticky {
+		t.Fatalf("group Pool decoded wrong: %+v", g)
+	}
+	if !filepath.IsAbs(cfg.SieveScript) || filepath.Base(cfg.SieveScript) != "policy.sieve" {
+		t.Errorf("Sieve_Script = %q, want absolute path to policy.sieve", cfg.SieveScript)
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	src := `
+# Momentum's stanza, pasted unchanged
+Binding Example {
+  Bind_Address = 10.0.0.1
+  Match_Domain = Example.COM
+}
+bind_prefix = 24
+EHLO_HOSTNAME = "out.example.net"
+Max_Outbound_Connections = 5
+Metrics_Listen = 127.0.0.1:9100
+Max_Body_Bytes = 64K
+On_Policy_Error = TEMPFAIL
+Keep_Header_On_Delivery = yes
+Binding_Group "G" {
+  selection = round_robin
+  Suspend_Delivery = true
+  Interface = veth1
+  Binding "m1" { Bind_Address = 10.0.0.2/28  Weight = 7 }
+  Binding "m2" { Bind_Address = "2001:db8::2"  Suspend_Delivery = false  EHLO_Hostname = __message__  Match_Domain = m2.example. }
+}
+`
+	cfg, err := Parse("t.conf", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, m1, m2 := cfg.Binding("Example"), cfg.Binding("m1"), cfg.Binding("m2")
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"Example prefix from Bind_Prefix", ex.Addresses[0], netip.MustParsePrefix("10.0.0.1/24")},
+		{"Match_Domain lower-cased", ex.MatchDomains[0], "example.com"},
+		{"EHLO inherited from file", ex.EHLOHostname, "out.example.net"},
+		{"MOC inherited from file", m1.MaxOutboundConnections, 5},
+		{"explicit /len wins", m1.Addresses[0], netip.MustParsePrefix("10.0.0.2/28")},
+		{"weight", m1.Weight, 7},
+		{"suspend inherited from group", m1.SuspendDelivery, true},
+		{"binding overrides group", m2.SuspendDelivery, false},
+		{"interface inherited from group", m2.Interface, "veth1"},
+		{"v6 default prefix", m2.Addresses[0].Bits(), 128},
+		{"trailing dot dropped", m2.MatchDomains[0], "m2.example"},
+		{"__message__ kept", m2.EHLOHostname, EHLOMessage},
+		{"selection", cfg.Group("G").Selection, SelectRoundRobin},
+		{"max body", cfg.MaxBodyBytes, int64(64 << 10)},
+		{"policy error", cfg.OnPolicyError, PolicyErrorTempfail},
+		{"keep header", cfg.KeepHeader, true},
+		{"default listen", cfg.MilterListen, DefaultMilterListen},
+		{"no warnings (one Match_Domain)", len(cfg.Warnings), 0},
+		{"no default binding", cfg.Default() == nil, true},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.what, c.got, c.want)
+		}
+	}
+}
+
+func TestParseWarnings(t *testing.T) {
+	cases := []struct {
+		name, src, want string
+	}{
+		{"message without domain", `Binding "A" { Bind_Address = 10.0.0.1 EHLO_Hostname = __message__ }`, "t.conf:1:1: EHLO_Hostname: binding \"A\": __message__"},
+		{"message with two domains", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n EHLO_Hostname = __MESSAGE__\n Match_Domain = a.example\n Match_Domain = b.example }", "has 2 Match_Domain values"},
+		{"shared address", `Binding "A" { Bind_Address = 10.0.0.1 } Binding "B" { Bind_Address = 10.0.0.1 }`, `t.conf:1:70: Bind_Address: 10.0.0.1 is also the address of binding "A"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse("t.conf", []byte(c.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0].Error(), c.want) {
+				t.Fatalf("warnings %v, want one containing %q", cfg.Warnings, c.want)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "p.sieve")
+	if err := os.WriteFile(script, []byte("keep;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := func(body string) string { return `Binding "A" { Bind_Address = 10.0.0.1 ` + body + " }" }
+	cases := []struct {
+		name, src string
+		want      string // substring of the single error, including file:line:col
+	}{
+		// syntax
+		{"unterminated string", `Binding_Header = "X-B`, `t.conf:1:18: unterminated quoted string`},
+		{"unclosed stanza", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n", `t.conf:1:13: "{" is never closed`},
+		{"stray close", "}", `t.conf:1:1: unexpected "}"`},
+		{"missing value", "Binding_Header =\n}", `t.conf:2:1: Binding_Header: expected a value`},
+		{"missing equals", "Binding_Header X-B", `t.conf:1:16: Binding_Header: expected "=" before "X-B"`},
+		{"label without brace", `Binding "A" Bind_Address = 1`, `t.conf:1:13: Binding "A": expected "{"`},
+		{"too deep", `Binding_Group "G" { Binding "A" { Binding "B" { } } }`, `t.conf:1:35: Binding: stanzas nest at most two deep`},
+		// keywords
+		{"unknown keyword suggests", "Bind_Adress = 10.0.0.1", `t.conf:1:1: Bind_Adress: unknown keyword; did you mean Bind_Address?`},
+		{"unknown keyword far", "Frobnicate = 1", `t.conf:1:1: Frobnicate: unknown keyword`},
+		{"unknown in binding", b("Max_Outbound_Conections = 3"), `t.conf:1:39: Max_Outbound_Conections: unknown keyword; did you mean Max_Outbound_Connections?`},
+		{"wrong scope", b("Milter_Listen = inet:127.0.0.1:1"), `Milter_Listen: not allowed in a Binding (allowed in: file)`},
+		{"selection outside group", "Selection = random", `t.conf:1:1: Selection: not allowed in the file's global settings`},
+		{"setting as stanza", `Bind_Prefix { }`, `t.conf:1:1: Bind_Prefix: is a setting`},
+		{"stanza as setting", `Binding = A`, `t.conf:1:1: Binding: is a stanza`},
+		{"set twice", "Binding_Header = X-A\nbinding_header = X-B", `t.conf:2:1: binding_header: set twice in the same the file's global settings (first at line 1)`},
+		// names
+		{"no name", `Binding { Bind_Address = 10.0.0.1 }`, `t.conf:1:1: Binding: needs a name`},
+		{"injecting name", `Binding "a b$" { Bind_Address = 10.0.0.1 }`, `t.conf:1:9: Binding: name "a b$": use 1 to 64`},
+		{"long name", `Binding "` + strings.Repeat("a", 65) + `" { Bind_Address = 10.0.0.1 }`, `use 1 to 64`},
+		{"duplicate binding", "Binding \"A\" { Bind_Address = 10.0.0.1 }\nBinding \"A\" { Bind_Address = 10.0.0.2 }", `t.conf:2:9: Binding: name "A" is already declared at line 1`},
+		{"names differ in case only", "Binding \"A\" { Bind_Address = 10.0.0.1 }\nBinding \"a\" { Bind_Address = 10.0.0.2 }", `name "a" is already declared at line 1`},
+		{"group named like binding", "Binding \"A\" { Bind_Address = 10.0.0.1 }\nBinding_Group \"A\" { Binding \"B\" { Bind_Address = 10.0.0.2 } }", `t.conf:2:15: Binding_Group: name "A" is already declared`},
+		{"empty group", `Binding_Group "G" { Selection = random }`, `t.conf:1:1: Binding_Group: group "G" has no members`},
+		{"group named default", `Binding_Group "default" { Binding "B" { Bind_Address = 10.0.0.2 } }`, `"default" is reserved`},
+		{"default in group", `Binding_Group "G" { Binding "default" { Bind_Address = 10.0.0.2 } }`, `must be declared outside any group`},
+		{"group in group", `Binding_Group "G" { Binding_Group "H" { } }`, `Binding_Group: not allowed in a Binding_Group`},
+		// addresses
+		{"no address", `Binding "A" { Match_Domain = a.example }`, `t.conf:1:1: Binding: binding "A" has no Bind_Address`},
+		{"bad address", `Binding "A" { Bind_Address = 10.0.0.300 }`, `t.conf:1:30: Bind_Address: "10.0.0.300": not an IPv4 or IPv6 address`},
+		{"bad prefix", `Binding "A" { Bind_Address = 10.0.0.1/33 }`, `prefix length must be from 1 to 32`},
+		{"non-numeric prefix", `Binding "A" { Bind_Address = 10.0.0.1/x }`, `prefix length "x" is not a number`},
+		{"unspecified", `Binding "A" { Bind_Address = 0.0.0.0 }`, `unspecified or multicast`},
+		{"multicast v6", `Binding "A" { Bind_Address = ff02::1 }`, `unspecified or multicast`},
+		{"link-local v6", `Binding "A" { Bind_Address = fe80::1 }`, `link-local`},
+		{"zone", `Binding "A" { Bind_Address = 2001:db8::1%eth0 }`, `zones are not allowed`},
+		{"two v4", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n Bind_Address = 10.0.0.2 }", `t.conf:3:2: Bind_Address: a binding has at most one IPv4 address (the first is at line 2)`},
+		{"bad Bind_Prefix", "Bind_Prefix = 0", `t.conf:1:15: Bind_Prefix: "0": want a whole number from 1 to 32`},
+		{"bad Bind_Prefix6", "Bind_Prefix6 = 129", `Bind_Prefix6: "129": want a whole number from 1 to 128`},
+		{"bad interface", "Interface = eth0:1", `Interface: "eth0:1": not a Linux interface name`},
+		{"long interface", b("Interface = abcdefghijklmnop"), `not a Linux interface name`},
+		// domains
+		{"domain claimed twice", "Binding \"A\" { Bind_Address = 10.0.0.1 Match_Domain = x.example }\nBinding \"B\" { Bind_Address = 10.0.0.2 Match_Domain = X.Example }", `t.conf:2:54: Match_Domain: x.example is already claimed by binding "A" at line 1`},
+		{"domain twice in binding", b("Match_Domain = x.example Match_Domain = x.example"), `is listed twice in this binding`},
+		{"bad domain", b("Match_Domain = a..example"), `Match_Domain: "a..example": not a domain name`},
+		// host names and values
+		{"bad EHLO", b("EHLO_Hostname = -bad-.example"), `EHLO_Hostname: "-bad-.example": not a valid host name`},
+		{"EHLO with space", b(`EHLO_Hostname = "a b"`), `not a valid host name`},
+		{"bad MOC", b("Max_Outbound_Connections = many"), `Max_Outbound_Connections: "many": want a whole number from 0 to 10000`},
+		{"negative SMOC", b("Server_Max_Outbound_Connections = -1"), `Server_Max_Outbound_Connections: "-1"`},
+		{"bad bool", b("Suspend_Delivery = maybe"), `Suspend_Delivery: "maybe": want true or false`},
+		{"weight outside group", b("Weight = 2"), `Weight: only applies to members of a Binding_Group`},
+		{"weight range", `Binding_Group "G" { Binding "B" { Bind_Address = 10.0.0.2 Weight = 0 } }`, `Weight: "0": want a whole number from 1 to 1000`},
+		{"bad selection", `Binding_Group "G" { Selection = lru Binding "B" { Bind_Address = 10.0.0.2 } }`, `Selection: "lru": want sticky, random or round_robin`},
+		{"bad relay", b("Relay = \"[smarthost.example:587\""), `Relay: "[smarthost.example:587": missing ']'`},
+		{"relay with comma", b("Relay = a.example,b.example"), `Relay: "a.example,b.example"`},
+		{"bad listen", "Milter_Listen = tcp:1.2.3.4:5", `Milter_Listen: "tcp:1.2.3.4:5": unknown socket type`},
+		{"relative unix", "Milter_Listen = unix:milter.sock", `needs an absolute path`},
+		{"bad port", "Milter_Listen = inet:127.0.0.1:99999", `port must be a number from 1 to 65535`},
+		{"bad header", "Binding_Header = X_Binding", `Binding_Header: "X_Binding": a header name`},
+		{"standard header", "Binding_Header = From", `is a standard header`},
+		{"missing script", "Sieve_Script = nope.sieve", `t.conf:1:16: Sieve_Script: cannot read the script`},
+		{"bad on_policy_error", "On_Policy_Error = reject", `On_Policy_Error: "reject": want default or tempfail`},
+		{"bad on_milter_down", "On_Milter_Down = reject", `want accept or tempfail`},
+		{"bad body size", "Max_Body_Bytes = 2G", `Max_Body_Bytes: "2G": want a size`},
+		{"bad transport prefix", "Transport_Prefix = 1vip", `Transport_Prefix: "1vip"`},
+		{"relative state dir", "State_Dir = state", `State_Dir: "state": want an absolute path`},
+		{"bad metrics", "Metrics_Listen = 9100", `Metrics_Listen: "9100": want host:port`},
+		{"script ok but value bad", "Sieve_Script = " + script + "\nOn_Policy_Error = x", `t.conf:2:19:`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse("t.conf", []byte(c.src))
+			if err == nil {
+				t.Fatalf("no error, got config with %d bindings", len(cfg.Bindings))
+			}
+			var list ErrorList
+			if !errors.As(err, &list) {
+				t.Fatalf("error is %T, want ErrorList: %v", err, err)
+			}
+			if len(list) != 1 {
+				t.Errorf("got %d errors, want 1:\n%v", len(list), err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error\n  %v\nwant it to contain\n  %s", err, c.want)
+			}
+		})
+	}
+}
+
+// TestParseAllErrorsAtOnce: an administrator fixing a file sees every
+// problem in one run, not one per run.
+func TestParseAllErrorsAtOnce(t *testing.T) {
+	src := "Bind_Adress = 1\nBinding \"A\" { Bind_Address = x }\nBinding \"B\" { Weight = 2 }\n"
+	_, err := Parse("t.conf", []byte(src))
+	var list ErrorList
+	if !errors.As(err, &list) || len(list) != 4 {
+		t.Fatalf("want 4 errors, got %v", err)
+	}
+	for i, line := range []string{"t.conf:1:", "t.conf:2:", "t.conf:3:", "t.conf:3:"} {
+		if !strings.HasPrefix(list[i].Error(), line) {
+			t.Errorf("error %d = %q, want prefix %q", i, list[i], line)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "none.conf"))
+	if err == nil || !strings.Contains(err.Error(), "none.conf") {
+		t.Fatalf("Load of a missing file: %v", err)
+	}
+}
+
+// TestReferenceUpToDate keeps docs/config.md generated from the keyword
+// table: run "go generate ./config" after changing keywords.go.
+func TestReferenceUpToDate(t *testing.T) {
+	got, err := os.ReadFile("../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, Reference()) {
+		t.Fatal("docs/config.md is stale: run go generate ./config")
+	}
+	for _, k := range keywords {
+		if k.Doc == "" || k.Values == "" {
+			t.Errorf("keyword %s has no documentation", k.Name)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	seed, _ := os.ReadFile("../examples/vipmilter.conf")
+	f.Add(seed)
+	f.Add([]byte(`Binding "A" { Bind_Address = 10.0.0.1/24 Match_Domain = a.example EHLO_Hostname = __message__ }`))
+	f.Add([]byte("Binding_Group \"G\" { Selection = random Binding \"m\" { Bind_Address = ::1 Weight = 3 } }\n# c\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		cfg, err := Parse("f.conf", src)
+		if err != nil {
+			var list ErrorList
+			if !errors.As(err, &list) || len(list) == 0 {
+				t.Fatalf("error is not a non-empty ErrorList: %v", err)
+			}
+			for _, e := range list {
+				if e.Pos.Line < 1 || e.Pos.Col < 1 || !strings.HasPrefix(e.Error(), "f.conf:") {
+					t.Fatalf("error without a position: %q", e)
+				}
+			}
+			return
+		}
+		// What decodes must be safe to hand to Postfix.
+		for _, b := range cfg.Bindings {
+			if !ValidName(b.Name) || cfg.Binding(b.Name) != b {
+				t.Fatalf("binding %q not valid or not indexed", b.Name)
+			}
+			if len(b.Addresses) == 0 && b.Name != DefaultBindingName {
+				t.Fatalf("binding %q without address", b.Name)
+			}
+			for _, d := range b.MatchDomains {
+				if cfg.MatchDomain(d) != b {
+					t.Fatalf("domain %q maps to the wrong binding", d)
+				}
+			}
+		}
+		for _, g := range cfg.Groups {
+			if len(g.Members) == 0 {
+				t.Fatalf("group %q without members", g.Name)
+			}
+		}
+	})
+}

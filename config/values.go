@@ -1,0 +1,406 @@
+package config
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// This file turns the text of each setting into its typed value; every
+// failure names the value's own position.
+
+var (
+	nameRE      = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	headerRE    = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]{0,63}$`)
+	prefixRE    = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,31}$`)
+	hostLabelRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	serviceRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,31}$`)
+)
+
+// ValidName reports whether s may be a binding or group name: the
+// characters allowed cannot break a regexp table line, a master.cf service
+// name or a main.cf parameter name.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// ValidHostname reports whether s is a DNS host name (letters, digits and
+// hyphens in dot-separated labels, at most 253 characters).
+func ValidHostname(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if !hostLabelRE.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *decoder) bad(n *Node, format string, args ...any) {
+	d.errorf(n.ValuePos, n.Name, format, args...)
+}
+
+func parseBool(s string) (bool, bool) {
+	switch strings.ToLower(s) {
+	case "true", "yes", "on", "1":
+		return true, true
+	case "false", "no", "off", "0":
+		return false, true
+	}
+	return false, false
+}
+
+func (d *decoder) intIn(n *Node, lo, hi int) (int, bool) {
+	v, err := strconv.Atoi(n.Value)
+	if err != nil || v < lo || v > hi {
+		d.bad(n, "%q: want a whole number from %d to %d", n.Value, lo, hi)
+		return 0, false
+	}
+	return v, true
+}
+
+func setMilterListen(d *decoder, n *Node, _ *values) {
+	if err := checkMilterListen(n.Value); err != "" {
+		d.bad(n, "%q: %s", n.Value, err)
+		return
+	}
+	d.cfg.MilterListen = n.Value
+}
+
+// checkMilterListen accepts Postfix's milter address notation.
+func checkMilterListen(s string) string {
+	kind, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return "want unix:/path, inet:host:port or inet6:[addr]:port"
+	}
+	switch kind {
+	case "unix", "local":
+		if !filepath.IsAbs(rest) || strings.ContainsAny(rest, " \t\n,") {
+			return "a unix socket needs an absolute path without spaces or commas"
+		}
+		return ""
+	case "inet", "inet6":
+		host, port, err := net.SplitHostPort(rest)
+		if err != nil {
+			return "want " + kind + ":host:port (" + err.Error() + ")"
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return "port must be a number from 1 to 65535"
+		}
+		if _, err := netip.ParseAddr(host); err != nil && !ValidHostname(host) {
+			return "host must be an IP address or host name"
+		}
+		return ""
+	}
+	return "unknown socket type " + strconv.Quote(kind) + "; want unix, inet or inet6"
+}
+
+func setSieveScript(d *decoder, n *Node, _ *values) {
+	if n.Value == "" {
+		d.cfg.SieveScript = ""
+		return
+	}
+	path := n.Value
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(filepath.Dir(d.cfg.File), path)
+	}
+	if _, err := os.Stat(path); err != nil {
+		d.bad(n, "cannot read the script: %v", err)
+		return
+	}
+	d.cfg.SieveScript = path
+}
+
+// reservedHeaders are header fields a client legitimately sends: the milter
+// deletes every client copy of Binding_Header, so one of these would destroy
+// mail content.
+var reservedHeaders = map[string]bool{
+	"from": true, "to": true, "cc": true, "bcc": true, "subject": true, "date": true,
+	"message-id": true, "received": true, "return-path": true, "sender": true,
+	"reply-to": true, "in-reply-to": true, "references": true, "mime-version": true,
+	"dkim-signature": true, "arc-seal": true, "arc-message-signature": true,
+	"arc-authentication-results": true, "authentication-results": true,
+	"delivered-to": true, "keywords": true, "comments": true, "x-original-to": true,
+}
+
+func setBindingHeader(d *decoder, n *Node, _ *values) {
+	if !headerRE.MatchString(n.Value) {
+		d.bad(n, "%q: a header name of letters, digits and '-', starting with a letter, at most 64", n.Value)
+		return
+	}
+	l := strings.ToLower(n.Value)
+	if reservedHeaders[l] || strings.HasPrefix(l, "content-") || strings.HasPrefix(l, "resent-") || strings.HasPrefix(l, "list-") {
+		d.bad(n, "%q is a standard header that clients send; the milter deletes client copies of the binding header, so pick a private one such as X-Binding", n.Value)
+		return
+	}
+	d.cfg.BindingHeader = n.Value
+}
+
+func setOnPolicyError(d *decoder, n *Node, _ *values) {
+	switch v := PolicyErrorAction(strings.ToLower(n.Value)); v {
+	case PolicyErrorDefault, PolicyErrorTempfail:
+		d.cfg.OnPolicyError = v
+	default:
+		d.bad(n, "%q: want default or tempfail", n.Value)
+	}
+}
+
+func setOnMilterDown(d *decoder, n *Node, _ *values) {
+	switch v := MilterDownAction(strings.ToLower(n.Value)); v {
+	case MilterDownAccept, MilterDownTempfail:
+		d.cfg.OnMilterDown = v
+	default:
+		d.bad(n, "%q: want accept or tempfail (reject would refuse all mail while the milter is down)", n.Value)
+	}
+}
+
+func setMaxBodyBytes(d *decoder, n *Node, _ *values) {
+	s := strings.ToUpper(strings.TrimSpace(n.Value))
+	mult := int64(1)
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, s[:len(s)-1]
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, s[:len(s)-1]
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 1 || v > (1<<30)/mult {
+		d.bad(n, "%q: want a size from 1 byte to 1G (suffixes K, M, G)", n.Value)
+		return
+	}
+	d.cfg.MaxBodyBytes = v * mult
+}
+
+func setInterface(d *decoder, n *Node, v *values) {
+	// Linux interface names: at most 15 bytes, no '/', ':' or white space.
+	s := n.Value
+	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t") {
+		d.bad(n, "%q: not a Linux interface name (1 to 15 characters, no '/', ':' or spaces)", s)
+		return
+	}
+	v.iface.put(s)
+}
+
+func setBindPrefix4(d *decoder, n *Node, v *values) {
+	if x, ok := d.intIn(n, 1, 32); ok {
+		v.pfx4.put(x)
+	}
+}
+
+func setBindPrefix6(d *decoder, n *Node, v *values) {
+	if x, ok := d.intIn(n, 1, 128); ok {
+		v.pfx6.put(x)
+	}
+}
+
+func setTransportPrefix(d *decoder, n *Node, _ *values) {
+	if !prefixRE.MatchString(n.Value) {
+		d.bad(n, "%q: start with a letter, then letters, digits, '_' or '-', at most 32", n.Value)
+		return
+	}
+	d.cfg.TransportPrefix = n.Value
+}
+
+func setKeepHeader(d *decoder, n *Node, _ *values) {
+	b, ok := parseBool(n.Value)
+	if !ok {
+		d.bad(n, "%q: want true or false", n.Value)
+		return
+	}
+	d.cfg.KeepHeader = b
+}
+
+func setMetricsListen(d *decoder, n *Node, _ *values) {
+	host, port, err := net.SplitHostPort(n.Value)
+	if err != nil {
+		d.bad(n, "%q: want host:port", n.Value)
+		return
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		d.bad(n, "%q: port must be a number from 1 to 65535", n.Value)
+		return
+	}
+	if _, err := netip.ParseAddr(host); host != "" && err != nil && !ValidHostname(host) {
+		d.bad(n, "%q: host must be an IP address or host name", n.Value)
+		return
+	}
+	d.cfg.MetricsListen = n.Value
+}
+
+func setStateDir(d *decoder, n *Node, _ *values) {
+	if !filepath.IsAbs(n.Value) {
+		d.bad(n, "%q: want an absolute path", n.Value)
+		return
+	}
+	d.cfg.StateDir = filepath.Clean(n.Value)
+}
+
+func setSelection(d *decoder, n *Node, v *values) {
+	switch s := strings.ToLower(n.Value); s {
+	case "sticky", "random", "round_robin":
+		v.selection.put(Selection(s))
+	case "round-robin", "roundrobin":
+		v.selection.put(SelectRoundRobin)
+	default:
+		d.bad(n, "%q: want sticky, random or round_robin", n.Value)
+	}
+}
+
+func setBindAddress(d *decoder, n *Node, v *values) {
+	v.addrWritten = true
+	s, bits := n.Value, -1
+	if a, l, ok := strings.Cut(s, "/"); ok {
+		x, err := strconv.Atoi(l)
+		if err != nil {
+			d.bad(n, "%q: prefix length %q is not a number", s, l)
+			return
+		}
+		s, bits = a, x
+	}
+	addr, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		d.bad(n, "%q: not an IPv4 or IPv6 address", n.Value)
+		return
+	case addr.Zone() != "":
+		d.bad(n, "%q: zones are not allowed", n.Value)
+		return
+	case addr.Is4In6():
+		d.bad(n, "%q: write IPv4-mapped addresses as plain IPv4", n.Value)
+		return
+	case addr.IsUnspecified() || addr.IsMulticast() || addr == netip.IPv4Unspecified():
+		d.bad(n, "%q: an unspecified or multicast address cannot be a source address", n.Value)
+		return
+	case addr.Is6() && addr.IsLinkLocalUnicast():
+		d.bad(n, "%q: a link-local address cannot reach other networks", n.Value)
+		return
+	case addr.Is4() && addr.As4()[0] == 255:
+		d.bad(n, "%q: a broadcast address cannot be a source address", n.Value)
+		return
+	}
+	if bits >= 0 && (bits < 1 || bits > addr.BitLen()) {
+		d.bad(n, "%q: prefix length must be from 1 to %d", n.Value, addr.BitLen())
+		return
+	}
+	v.addrs = append(v.addrs, addrAt{addr: addr, bits: bits, pos: n.ValuePos, keyPos: n.Pos})
+}
+
+func setEHLO(d *decoder, n *Node, v *values) {
+	switch s := n.Value; {
+	case strings.EqualFold(s, EHLOHostname):
+		v.ehlo.put(EHLOHostname)
+	case strings.EqualFold(s, EHLOMessage):
+		v.ehlo.put(EHLOMessage)
+	case strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]"):
+		lit := strings.TrimPrefix(s[1:len(s)-1], "IPv6:")
+		if _, err := netip.ParseAddr(lit); err != nil {
+			d.bad(n, "%q: not an address literal", s)
+			return
+		}
+		v.ehlo.put(s)
+	case ValidHostname(s):
+		v.ehlo.put(s)
+	default:
+		d.bad(n, "%q: not a valid host name (want __hostname__, __message__ or a name like mta1.example.com)", s)
+	}
+}
+
+func setMaxOutbound(d *decoder, n *Node, v *values) {
+	if x, ok := d.intIn(n, 0, 10000); ok {
+		v.moc.put(x)
+	}
+}
+
+func setServerMaxOutbound(d *decoder, n *Node, v *values) {
+	if x, ok := d.intIn(n, 0, 10000); ok {
+		v.smoc.put(x)
+	}
+}
+
+func setSuspend(d *decoder, n *Node, v *values) {
+	b, ok := parseBool(n.Value)
+	if !ok {
+		d.bad(n, "%q: want true or false", n.Value)
+		return
+	}
+	v.suspend.put(b)
+}
+
+func setMatchDomain(d *decoder, n *Node, v *values) {
+	dom := strings.ToLower(strings.TrimSuffix(n.Value, "."))
+	if !ValidHostname(dom) {
+		d.bad(n, "%q: not a domain name", n.Value)
+		return
+	}
+	for _, prev := range v.domains {
+		if prev.s == dom {
+			d.bad(n, "%q is listed twice in this binding (first at line %d)", n.Value, prev.pos.Line)
+			return
+		}
+	}
+	v.domains = append(v.domains, strAt{s: dom, pos: n.ValuePos})
+}
+
+func setWeight(d *decoder, n *Node, v *values) {
+	if x, ok := d.intIn(n, 1, 1000); ok {
+		v.weight.put(x)
+		v.weightPos = n.Pos
+	}
+}
+
+func setRelay(d *decoder, n *Node, v *values) {
+	if err := checkRelay(n.Value); err != "" {
+		d.bad(n, "%q: %s", n.Value, err)
+		return
+	}
+	v.relay.put(n.Value)
+}
+
+// checkRelay accepts the next-hop forms Postfix's smtp client understands:
+// host, host:port, [host], [host]:port, [addr] and [ipv6:addr].
+func checkRelay(s string) string {
+	host, port := s, ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.Index(s, "]")
+		if end < 0 {
+			return "missing ']'"
+		}
+		host, port = s[1:end], s[end+1:]
+		if port != "" && !strings.HasPrefix(port, ":") {
+			return "want [host]:port"
+		}
+		port = strings.TrimPrefix(port, ":")
+		lit := host
+		if len(lit) > 5 && strings.EqualFold(lit[:5], "ipv6:") {
+			lit = lit[5:]
+		}
+		if _, err := netip.ParseAddr(lit); err != nil && !ValidHostname(host) {
+			return "not a host name or address inside [ ]"
+		}
+	} else {
+		if h, p, ok := strings.Cut(s, ":"); ok {
+			host, port = h, p
+		}
+		if !ValidHostname(host) {
+			if _, err := netip.ParseAddr(host); err != nil {
+				return "not a host name (write IP addresses as [addr])"
+			}
+		}
+	}
+	if port != "" || strings.HasSuffix(s, ":") {
+		if !serviceRE.MatchString(port) {
+			return "port must be a number or service name"
+		}
+		if p, err := strconv.Atoi(port); err == nil && (p < 1 || p > 65535) {
+			return "port must be from 1 to 65535"
+		}
+	}
+	return ""
+}
