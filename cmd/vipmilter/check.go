@@ -1,7 +1,122 @@
 package main
 
-// STUB: replaced by the owner of this command.
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
 
-const checkHelp = `TODO`
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sieve"
+)
 
-func cmdCheck(c *cli, args []string) error { panic("unimplemented") }
+const checkHelp = `Check the binding file and its Sieve policy without starting anything.
+
+check loads the binding file and compiles the Sieve script it names, and
+prints every error it finds (file:line:column: reason), exiting with status 1.
+When both load, it prints the warnings, then a summary: every binding with its
+addresses, EHLO name, limits, suspension, Match_Domain values and group; every
+group with its selection method and members; the number of Match_Domain
+entries; the script and which message parts it reads (headers, body, size),
+which tells you what the milter has to collect.
+
+With --routes it also asks the kernel, for every binding address, whether the
+address is on the host and which route mail to --probe would take from it
+(default 192.0.2.1, a documentation address: nothing is sent).
+
+Run it after every edit, before reloading the milter.`
+
+func cmdCheck(c *cli, args []string) error {
+	fs := c.flags("check")
+	path := configFlag(fs)
+	routes := fs.Bool("routes", false, "also check that every binding address is on the host and routable")
+	probe := fs.String("probe", "192.0.2.1", "destination `ADDR` whose route --routes looks up (nothing is sent)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: 2, err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	cfg, pol, err := loadPolicy(*path)
+	if err != nil {
+		printErrors(c.stderr, err)
+		return &exitError{code: 1, err: errors.New("")}
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(c.stdout, "warning: %v\n", w)
+	}
+	summarize(c.stdout, cfg, pol)
+	if *routes {
+		if err := checkRoutes(c, cfg, *probe); err != nil {
+			return &exitError{code: 1, err: err}
+		}
+	}
+	return nil
+}
+
+// loadPolicy loads the binding file and compiles its script.
+func loadPolicy(path string) (*config.Config, *sieve.Policy, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	pol, err := sieve.New(cfg, sieve.Options{})
+	if err != nil {
+		return cfg, nil, err
+	}
+	return cfg, pol, nil
+}
+
+// printErrors prints one error a line, unfolding a config.ErrorList.
+func printErrors(w io.Writer, err error) {
+	var list config.ErrorList
+	if errors.As(err, &list) {
+		for _, e := range list {
+			fmt.Fprintf(w, "error: %v\n", e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "error: %v\n", err)
+}
+
+func summarize(w io.Writer, cfg *config.Config, pol *sieve.Policy) {
+	fmt.Fprintf(w, "%s: OK\n", cfg.File)
+	fmt.Fprintf(w, "bindings: %d\n", len(cfg.Bindings))
+	domains := 0
+	for _, b := range cfg.Bindings {
+		domains += len(b.MatchDomains)
+		addrs := make([]string, len(b.Addresses))
+		for i, a := range b.Addresses {
+			addrs[i] = a.String()
+		}
+		fmt.Fprintf(w, "  %s: addresses %s; ehlo %s; max_outbound_connections %d", b.Name, strings.Join(addrs, " "), b.EHLOHostname, b.MaxOutboundConnections)
+		if b.ServerMaxOutboundConnections > 0 {
+			fmt.Fprintf(w, "; server_max_outbound_connections %d", b.ServerMaxOutboundConnections)
+		}
+		if b.SuspendDelivery {
+			fmt.Fprint(w, "; SUSPENDED")
+		}
+		if len(b.MatchDomains) > 0 {
+			fmt.Fprintf(w, "; domains %s", strings.Join(b.MatchDomains, " "))
+		}
+		if b.Group != nil {
+			fmt.Fprintf(w, "; group %s weight %d", b.Group.Name, b.Weight)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "groups: %d\n", len(cfg.Groups))
+	for _, g := range cfg.Groups {
+		names := make([]string, len(g.Members))
+		for i, m := range g.Members {
+			names[i] = m.Name
+		}
+		fmt.Fprintf(w, "  %s: selection %s; members %s\n", g.Name, g.Selection, strings.Join(names, " "))
+	}
+	fmt.Fprintf(w, "match_domain entries: %d\n", domains)
+	if cfg.SieveScript == "" {
+		fmt.Fprintln(w, "script: none (Match_Domain, then the default binding)")
+		return
+	}
+	n := pol.Needs()
+	fmt.Fprintf(w, "script: %s (reads headers: %v, body: %v, size: %v)\n", cfg.SieveScript, n.Headers, n.Body, n.Size)
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckCommand(t *testing.T) {
+	needLoad(t)
+	dir := t.TempDir()
+	ex, err := os.ReadFile("../../examples/vipmilter.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := os.ReadFile("../../examples/policy.sieve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.conf", string(ex))
+	write("policy.sieve", string(pol))
+	badDir := filepath.Join(dir, "bad")
+	if err := os.Mkdir(badDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(badDir, "bad.conf")
+	if err := os.WriteFile(bad, ex, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(badDir, "policy.sieve"), []byte("require \"variables\";\nif true {\n  discard;\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		conf     string
+		wantCode int
+		wantOut  []string
+		wantErr  []string
+	}{
+		{"example", good, 0, []string{": OK\n", "  Example: addresses 192.0.2.10/32 2001:db8::10/128", "  Pool: selection sticky; members Pool1 Pool2\n", "match_domain entries: 1\n", "(reads headers: true, body: false, size: false)"}, nil},
+		{"refused discard", bad, 1, nil, []string{"error: policy.sieve:3:3: discard would lose mail"}},
+		{"missing file", filepath.Join(dir, "none.conf"), 1, nil, []string{"error: "}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := run("check", "-c", tt.conf)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d\nstdout %s\nstderr %s", code, tt.wantCode, out, errOut)
+			}
+			for _, w := range tt.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,116 @@
+package postfix
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vipmilter/vipmilter/config"
+)
+
+func testConfig(bindings ...*config.Binding) *config.Config {
+	c := &config.Config{
+		File: "/etc/vipmilter/vipmilter.conf", MilterListen: "inet:127.0.0.1:8894",
+		BindingHeader: "X-Binding", OnMilterDown: config.MilterDownAccept, TransportPrefix: "vip_",
+		Bindings: bindings,
+	}
+	c.Index()
+	return c
+}
+
+func binding(name string, addrs ...string) *config.Binding {
+	b := &config.Binding{Name: name, EHLOHostname: config.EHLOHostname, MaxOutboundConnections: 32}
+	for _, a := range addrs {
+		p := netip.MustParseAddr(a)
+		b.Addresses = append(b.Addresses, netip.PrefixFrom(p, p.BitLen()))
+	}
+	return b
+}
+
+func needPostfix(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"postconf", "postmap", "postfix"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s not found: Postfix is required under CI", tool)
+			}
+			t.Skipf("%s not found: install Postfix to run this test", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("postfix check needs root under CI")
+		}
+		t.Skip("postfix check needs root")
+	}
+}
+
+// privateDir writes a minimal private Postfix config directory.
+func privateDir(t *testing.T, extraMain string) string {
+	t.Helper()
+	dir := t.TempDir()
+	// Postfix daemons run as the postfix user and must traverse the path.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := filepath.Join(dir, "queue")
+	main := "compatibility_level = 3.6\nqueue_directory = " + q + "\ndata_directory = " + filepath.Join(dir, "data") +
+		"\nmaillog_file_prefixes = /var, /dev/stdout, " + dir + "\nmaillog_file = " + filepath.Join(dir, "maillog") +
+		"\nalias_maps =\nalias_database =\nmyhostname = mta.test\nsmtpd_banner = hello\n" + extraMain
+	master := `smtp      inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+`
+	for name, body := range map[string]string{"main.cf": main, "master.cf": master} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(q, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func apply(t *testing.T, dir string, cfg *config.Config, dry bool) (*Result, string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := ReadState(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Render(cfg, st.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	res, err := Apply(ctx, plan, st, ApplyOptions{DryRun: dry, Out: &out})
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out.String())
+	}
+	return res, out.String()
+}

@@ -1,0 +1,357 @@
+package sieve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vipmilter/vipmilter/config"
+)
+
+// testConfig builds a Config by hand: bindings "default" (optional), A
+// (Match_Domain a.example), B, C, and group G {G1 weight 3, G2}.
+func testConfig(t testing.TB, script string, withDefault bool, onErr config.PolicyErrorAction) *config.Config {
+	t.Helper()
+	cfg := &config.Config{OnPolicyError: onErr, MaxBodyBytes: 1 << 20}
+	add := func(b *config.Binding) *config.Binding { cfg.Bindings = append(cfg.Bindings, b); return b }
+	if withDefault {
+		add(&config.Binding{Name: "default", Weight: 1})
+	}
+	add(&config.Binding{Name: "A", Weight: 1, MatchDomains: []string{"a.example"}})
+	add(&config.Binding{Name: "B", Weight: 1})
+	add(&config.Binding{Name: "C", Weight: 1})
+	g := &config.Group{Name: "G", Selection: config.SelectSticky}
+	g.Members = []*config.Binding{
+		add(&config.Binding{Name: "G1", Weight: 3, Group: g}),
+		add(&config.Binding{Name: "G2", Weight: 1, Group: g}),
+	}
+	cfg.Groups = append(cfg.Groups, g)
+	if script != "" {
+		p := filepath.Join(t.TempDir(), "policy.sieve")
+		if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg.SieveScript = p
+	}
+	cfg.Index()
+	return cfg
+}
+
+func mustPolicy(t testing.TB, cfg *config.Config, opts Options) *Policy {
+	t.Helper()
+	p, err := New(cfg, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return p
+}
+
+func rules(d Decision) string {
+	var s []string
+	for _, st := range d.Trace {
+		s = append(s, st.Rule)
+	}
+	return strings.Join(s, ",")
+}
+
+const req = `require ["envelope", "variables", "environment", "body", "relational", "reject", "ereject"];` + "\n"
+
+func TestDecide(t *testing.T) {
+	hdr := textproto.MIMEHeader{"Subject": {"hello kw7"}, "List-Id": {"<l.example>"}, "Content-Type": {"text/plain"}}
+	base := Message{From: "x@a.example", To: []string{"r@dest.example"}, Auth: "alice", RemoteIP: "127.0.0.9",
+		RemoteHost: "client.example", Helo: "helo.example", QueueID: "4ABC", Daemon: "submission",
+		Header: hdr, Size: 1234, Body: []byte("buy now\n")}
+	host, _ := os.Hostname()
+	tests := []struct {
+		name        string
+		script      string
+		noDefault   bool
+		onErr       config.PolicyErrorAction
+		edit        func(m *Message)
+		wantBinding string
+		wantReason  Reason
+		wantAction  Action
+		wantRules   string
+	}{
+		{name: "script beats match_domain", script: req + `set "binding" "B";`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
+		{name: "match_domain when script silent", script: req + `if false { set "binding" "B"; }`, wantBinding: "A", wantReason: ReasonMatchDomain, wantRules: "match_domain"},
+		{name: "match_domain case-insensitive", edit: func(m *Message) { m.From = "x@A.Example" }, wantBinding: "A", wantReason: ReasonMatchDomain, wantRules: "match_domain"},
+		{name: "fallback declared", edit: func(m *Message) { m.From = "x@other.example" }, wantBinding: "default", wantReason: ReasonFallback, wantRules: "fallback"},
+		{name: "fallback undeclared", noDefault: true, edit: func(m *Message) { m.From = "" }, wantBinding: "default", wantReason: ReasonFallback, wantRules: "fallback"},
+		{name: "list of one with spaces", script: req + `set "binding" " B , ";`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script,list"},
+		{name: "group by name", script: req + `set "binding" "G";`, wantBinding: "", wantReason: ReasonScript, wantRules: "script,group"},
+		{name: "envelope auth", script: req + `if envelope :is "auth" "alice" { set "binding" "B"; }`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
+		{name: "envelope from domain", script: req + `if envelope :domain :is "from" "a.example" { set "binding" "C"; }`, wantBinding: "C", wantReason: ReasonScript, wantRules: "script"},
+		{name: "envelope to", script: req + `if envelope :is "to" "r@dest.example" { set "binding" "C"; }`, wantBinding: "C", wantReason: ReasonScript, wantRules: "script"},
+		{name: "header contains", script: req + `if header :contains "Subject" "kw7" { set "binding" "B"; }`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
+		{name: "exists", script: req + `if exists "List-Id" { set "binding" "B"; }`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
+		{name: "exists missing", script: req + `if exists "X-None" { set "binding" "B"; }`, wantBinding: "A", wantReason: ReasonMatchDomain, wantRules: "match_domain"},
+		{name: "size over", script: req + `if size :over 1000 { set "binding" "B"; }`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
+		{name: "size under", script: req + `if size :under 1000 { set "binding" "B"; }`, wantBinding: "A", wantReason: ReasonMatchDomain, wantRules: "match_domain"},
+		{name: "body", script: req + `if body :contains "buy now" { set "binding" "C"; }`, wantBinding: "C", wantReason: ReasonScript, wantRules: "script"},
+		{name: "reject", script: req + `reject "no thanks";`, wantReason: ReasonReject, wantAction: Reject, wantRules: "script"},
+		{name: "ereject", script: req + `ereject "go away";`, wantReason: ReasonReject, wantAction: Reject, wantRules: "script"},
+		{name: "keep is a no-op", script: req + `keep; set "binding" "B";`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
+		{name: "unknown name default", script: req + `set "binding" "Nope";`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "script,error,fallback"},
+		{name: "unknown name tempfail", script: req + `set "binding" "Nope";`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "script,error"},
+		{name: "runtime error default", script: req + `if envelope "${x}" "y" { set "binding" "B"; }`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "error,fallback"},
+		{name: "runtime error tempfail", script: req + `if envelope "${x}" "y" { set "binding" "B"; }`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "error"},
+	}
+	envItems := map[string]string{
+		"remote-ip": "127.0.0.9", "remote-host": "client.example", "host": host, "name": "vipmilter",
+		"version": Version, "phase": "during", "vnd.vipmilter.helo": "helo.example",
+		"vnd.vipmilter.queue-id": "4ABC", "vnd.vipmilter.daemon": "submission",
+	}
+	if _, d, ok := strings.Cut(host, "."); ok {
+		envItems["domain"] = d
+	}
+	for item, val := range envItems {
+		tests = append(tests, struct {
+			name        string
+			script      string
+			noDefault   bool
+			onErr       config.PolicyErrorAction
+			edit        func(m *Message)
+			wantBinding string
+			wantReason  Reason
+			wantAction  Action
+			wantRules   string
+		}{name: "environment " + item, script: req + fmt.Sprintf(`if environment :is %q %q { set "binding" "C"; }`, item, val),
+			wantBinding: "C", wantReason: ReasonScript, wantRules: "script"})
+	}
+	tests = append(tests, struct {
+		name        string
+		script      string
+		noDefault   bool
+		onErr       config.PolicyErrorAction
+		edit        func(m *Message)
+		wantBinding string
+		wantReason  Reason
+		wantAction  Action
+		wantRules   string
+	}{name: "unknown environment item not present", script: req + `if environment :count "ge" :comparator "i;ascii-numeric" "vnd.other" "1" { set "binding" "C"; }`,
+		wantBinding: "A", wantReason: ReasonMatchDomain, wantRules: "match_domain"})
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			onErr := tt.onErr
+			if onErr == "" {
+				onErr = config.PolicyErrorDefault
+			}
+			p := mustPolicy(t, testConfig(t, tt.script, !tt.noDefault, onErr), Options{})
+			m := base
+			if tt.edit != nil {
+				tt.edit(&m)
+			}
+			d := p.Decide(context.Background(), &m)
+			if tt.wantBinding != "" && d.Binding != tt.wantBinding {
+				t.Errorf("binding = %q, want %q (trace %+v)", d.Binding, tt.wantBinding, d.Trace)
+			}
+			if tt.wantBinding == "" && tt.wantReason == ReasonScript && d.Group != "G" {
+				t.Errorf("group = %q, want G (trace %+v)", d.Group, d.Trace)
+			}
+			if d.Reason != tt.wantReason || d.Action != tt.wantAction {
+				t.Errorf("reason/action = %s/%d, want %s/%d (trace %+v)", d.Reason, d.Action, tt.wantReason, tt.wantAction, d.Trace)
+			}
+			if got := rules(d); got != tt.wantRules {
+				t.Errorf("trace rules = %q, want %q (%+v)", got, tt.wantRules, d.Trace)
+			}
+			if (d.Reason == ReasonPolicyError) != (d.Err != nil) {
+				t.Errorf("Err = %v with reason %s", d.Err, d.Reason)
+			}
+			if d.Action == Reject && d.RejectText == "" {
+				t.Errorf("reject without text")
+			}
+		})
+	}
+}
+
+func TestCommaListPicksEveryEntry(t *testing.T) {
+	p := mustPolicy(t, testConfig(t, req+`set "binding" "B, C,G";`, true, config.PolicyErrorDefault), Options{})
+	seen := map[string]int{}
+	for range 300 {
+		d := p.Decide(context.Background(), &Message{From: "x@z.example", To: []string{"r@d.example"}})
+		if d.Reason != ReasonScript {
+			t.Fatalf("reason %s: %+v", d.Reason, d.Trace)
+		}
+		key := d.Binding
+		if d.Group != "" {
+			key = d.Group
+		}
+		seen[key]++
+	}
+	for _, want := range []string{"B", "C", "G"} {
+		if seen[want] < 50 {
+			t.Errorf("entry %s picked %d/300 times, want about 100 (%v)", want, seen[want], seen)
+		}
+	}
+}
+
+type deadSet map[string]bool
+
+func (s deadSet) Live(b *config.Binding) bool { return !s[b.Name] }
+
+func TestGroups(t *testing.T) {
+	tests := []struct {
+		name      string
+		selection config.Selection
+		suspend   string
+		dead      deadSet
+		wantOnly  string // every pick must be this member; "" = no constraint
+		wantShare float64
+		wantTrace string
+	}{
+		{name: "sticky weights", selection: config.SelectSticky, wantShare: 0.75},
+		{name: "random weights", selection: config.SelectRandom, wantShare: 0.75},
+		{name: "round_robin weights", selection: config.SelectRoundRobin, wantShare: 0.75},
+		{name: "suspended skipped", selection: config.SelectSticky, suspend: "G1", wantOnly: "G2", wantTrace: "G1 (suspended)"},
+		{name: "not live skipped", selection: config.SelectRandom, dead: deadSet{"G2": true}, wantOnly: "G1", wantTrace: "G2 (address not on host)"},
+		{name: "all skipped picks among all", selection: config.SelectRoundRobin, suspend: "G1", dead: deadSet{"G2": true}, wantShare: 0.75, wantTrace: "picked among all"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, req+`set "binding" "G";`, true, config.PolicyErrorDefault)
+			cfg.Groups[0].Selection = tt.selection
+			if tt.suspend != "" {
+				cfg.Binding(tt.suspend).SuspendDelivery = true
+			}
+			var opts Options
+			if tt.dead != nil {
+				opts.Liveness = tt.dead
+			}
+			p := mustPolicy(t, cfg, opts)
+			const n = 4000
+			g1 := 0
+			for i := range n {
+				d := p.Decide(context.Background(), &Message{From: "x@z.example", To: []string{fmt.Sprintf("r@d%d.example", i)}})
+				if d.Group != "G" {
+					t.Fatalf("group %q: %+v", d.Group, d.Trace)
+				}
+				if tt.wantOnly != "" && d.Binding != tt.wantOnly {
+					t.Fatalf("picked %s, want only %s", d.Binding, tt.wantOnly)
+				}
+				if tt.wantTrace != "" && !strings.Contains(d.Trace[len(d.Trace)-1].Detail, tt.wantTrace) {
+					t.Fatalf("trace %q lacks %q", d.Trace[len(d.Trace)-1].Detail, tt.wantTrace)
+				}
+				if d.Binding == "G1" {
+					g1++
+				}
+			}
+			if tt.wantShare > 0 {
+				share := float64(g1) / n
+				if share < tt.wantShare-0.05 || share > tt.wantShare+0.05 {
+					t.Errorf("G1 share %.3f, want %.2f±0.05 (weights 3:1)", share, tt.wantShare)
+				}
+			}
+		})
+	}
+}
+
+func TestStickyIsStable(t *testing.T) {
+	cfg := testConfig(t, req+`set "binding" "G";`, true, config.PolicyErrorDefault)
+	p1 := mustPolicy(t, cfg, Options{})
+	p2 := mustPolicy(t, cfg, Options{})
+	for i := range 200 {
+		dom := fmt.Sprintf("d%d.example", i)
+		a := p1.Decide(context.Background(), &Message{To: []string{"a@" + dom, "x@other.example"}})
+		b := p2.Decide(context.Background(), &Message{To: []string{"b@" + strings.ToUpper(dom)}})
+		if a.Binding != b.Binding {
+			t.Fatalf("domain %s: %s then %s", dom, a.Binding, b.Binding)
+		}
+	}
+	// Suspending G2 must move only G2's domains: G1's stay put.
+	before := map[string]string{}
+	for i := range 200 {
+		dom := fmt.Sprintf("d%d.example", i)
+		before[dom] = p1.Decide(context.Background(), &Message{To: []string{"a@" + dom}}).Binding
+	}
+	cfg.Binding("G2").SuspendDelivery = true
+	for dom, was := range before {
+		after := p1.Decide(context.Background(), &Message{To: []string{"a@" + dom}}).Binding
+		if after != "G1" || (was == "G1") != (after == was) {
+			t.Errorf("domain %s: %s before suspending G2, %s after", dom, was, after)
+		}
+	}
+}
+
+func TestSplit(t *testing.T) {
+	tests := []struct {
+		name      string
+		script    string
+		to        []string
+		wantSplit bool
+		wantBind  string
+	}{
+		{name: "same binding", script: req + `if envelope :domain :is "to" ["x.example", "y.example"] { set "binding" "B"; }`, to: []string{"a@x.example", "b@y.example"}, wantBind: "B"},
+		{name: "different binding", script: req + `if envelope :domain :is "to" "x.example" { set "binding" "B"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "B"},
+		{name: "first decides", script: req + `if envelope :domain :is "to" "y.example" { set "binding" "B"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "A"},
+		{name: "via variable", script: req + `if string :is "${envelope.to}" "a@x.example" { set "binding" "C"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "C"},
+		{name: "script ignores to", script: req + `set "binding" "B";`, to: []string{"a@x.example", "b@y.example"}, wantBind: "B"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustPolicy(t, testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
+			d := p.Decide(context.Background(), &Message{From: "s@a.example", To: tt.to})
+			if d.Split != tt.wantSplit || d.Binding != tt.wantBind {
+				t.Errorf("split/binding = %v/%s, want %v/%s (%+v)", d.Split, d.Binding, tt.wantSplit, tt.wantBind, d.Trace)
+			}
+			if tt.wantSplit && !strings.Contains(rules(d), "recipients") {
+				t.Errorf("no recipients step: %+v", d.Trace)
+			}
+		})
+	}
+}
+
+func TestLoadErrorsAndNeeds(t *testing.T) {
+	tests := []struct {
+		name    string
+		script  string
+		wantErr string
+		want    Needs
+		readsTo bool
+	}{
+		{name: "discard refused", script: req + "\nif true {\n  discard;\n}", wantErr: "policy.sieve:4:3: discard would lose mail"},
+		{name: "redirect refused", script: req + `redirect "a@b.example";`, wantErr: "policy.sieve:2:1: redirect"},
+		{name: "fileinto refused", script: `require "fileinto"; fileinto "x";`, wantErr: "policy.sieve:1:21: fileinto"},
+		{name: "syntax error", script: req + "if header \"a\" {\n", wantErr: "policy.sieve:"},
+		{name: "unknown command", script: req + "frobnicate;", wantErr: "policy.sieve:2:1:"},
+		{name: "missing require", script: `set "binding" "B";`, wantErr: "policy.sieve:1:1:"},
+		{name: "addflag allowed", script: `require "imap4flags"; addflag "x";`},
+		{name: "headers", script: req + `if address :domain "From" "x" { keep; }`, want: Needs{Headers: true}},
+		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true}},
+		{name: "size", script: req + `if size :over 10 { keep; }`, want: Needs{Size: true}},
+		{name: "envelope only", script: req + `if envelope "from" "x" { keep; }`, want: Needs{}},
+		{name: "envelope to", script: req + `if anyof(false, envelope "to" "x") { keep; }`, readsTo: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := New(testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want prefix %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Needs() != tt.want || p.readsTo != tt.readsTo {
+				t.Errorf("needs %+v readsTo %v, want %+v %v", p.Needs(), p.readsTo, tt.want, tt.readsTo)
+			}
+		})
+	}
+	p, err := New(testConfig(t, "", true, config.PolicyErrorDefault), Options{})
+	if err != nil || p.Needs() != (Needs{}) {
+		t.Errorf("no script: %v %+v", err, p)
+	}
+	cfg := testConfig(t, "", true, config.PolicyErrorDefault)
+	cfg.SieveScript = filepath.Join(t.TempDir(), "missing.sieve")
+	if _, err := New(cfg, Options{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing script: %v", err)
+	}
+}
