@@ -53,6 +53,10 @@ type Options struct {
 	// MilterChrootMixed is true when one runs chrooted and the other not,
 	// so no single unix path works for both.
 	MilterChrooted, MilterChrootMixed bool
+
+	// LocalDelivery is true when this Postfix also delivers some domains
+	// itself (the administrator accepted that with --allow-local-domains).
+	LocalDelivery bool
 }
 
 // Param is one main.cf parameter.
@@ -230,6 +234,14 @@ func Render(cfg *config.Config, opts Options) (*Plan, error) {
 	}
 	if !cfg.KeepHeader {
 		p.ServiceParams = append(p.ServiceParams, ServiceParam{"smtp/unix", "smtp_header_checks", egress})
+	}
+	if cfg.Default() == nil && !opts.LocalDelivery {
+		// The milter writes "default" for mail it leaves to Postfix. A rule
+		// for it makes that the last FILTER, overriding one a local user's
+		// forged header earned in pickup's cleanup (header_checks run
+		// before the milter's own header is inspected). On a host that
+		// delivers locally this would send local mail out, so it is left out.
+		hdr.WriteString(fmt.Sprintf("/^%s: %s$/i FILTER smtp:\n", regexp.QuoteMeta(header), config.DefaultBindingName))
 	}
 
 	// Requeued mail (postsuper -r) re-enters through pickup, which skips

@@ -43,6 +43,22 @@ func TestRender(t *testing.T) {
 			notWant: []string{"param smtp/unix/smtp_bind_address"},
 		},
 		{
+			name: "no default binding: the milter's default header still ends forged FILTERs",
+			cfg: func() *config.Config {
+				return testConfig(binding("news", "192.0.2.20"))
+			},
+			want:    []string{"table /etc/postfix/vipmilter_header_checks: /^X-Binding: default$/i FILTER smtp:"},
+			notWant: []string{"vipmilter_requeue_checks: /^X-Binding: default$/"},
+		},
+		{
+			name: "no default binding on a host that delivers locally: no default rule",
+			cfg: func() *config.Config {
+				return testConfig(binding("news", "192.0.2.20"))
+			},
+			opts:    Options{ConfigDir: "/etc/postfix", LocalDelivery: true},
+			notWant: []string{"X-Binding: default$/i FILTER smtp:"},
+		},
+		{
 			name: "ipv6 only binding never uses ipv4, metachars escaped",
 			cfg: func() *config.Config {
 				return testConfig(binding("a.b+c", "2001:db8::10"))

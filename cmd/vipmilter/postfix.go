@@ -51,7 +51,9 @@ func cmdPostfix(c *cli, args []string) error {
 		}
 		fmt.Fprintf(c.stderr, "warning: %s\n", msg)
 	}
-	plan, err := postfix.Render(cfg, st.Options())
+	opts := st.Options()
+	opts.LocalDelivery = len(st.LocalDomains) > 0
+	plan, err := postfix.Render(cfg, opts)
 	if err != nil {
 		return &exitError{1, err}
 	}
