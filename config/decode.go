@@ -171,8 +171,9 @@ func scopeName(s scope) string {
 }
 
 // declare records a binding or group name and reports collisions, including
-// names that differ only in letter case: Postfix's regexp tables compare
-// header values case-insensitively, so "Pool" and "pool" would route alike.
+// names that differ only in letter case: names are case-sensitive, as in
+// Momentum, but "Pool" next to "pool" is almost always a typo that would
+// silently route mail to the wrong address.
 func (d *decoder) declare(n *Node) bool {
 	name := n.Label
 	if name == "" {

@@ -78,7 +78,7 @@ func init() {
 			Doc: "Where the provisioner records which addresses it added, so that `--prune` never removes an address it did not add.",
 			set: setStateDir},
 		{Name: "Binding", Scopes: inGlobal | inGroup, Stanza: true, Repeat: true, Values: "name: `[A-Za-z0-9._-]`, 1–64, case-sensitive",
-			Doc: "A source identity: addresses, EHLO name and delivery limits. The binding named `default` is the fallback for mail the policy does not place; without one, such mail takes Postfix's ordinary delivery. Names must also differ in more than letter case, because Postfix's tables match case-insensitively."},
+			Doc: "A source identity: addresses, EHLO name and delivery limits. The binding named `default` is the fallback for mail the policy does not place; without one, such mail takes Postfix's ordinary delivery. Names must also differ in more than letter case: `Pool` next to `pool` is refused as a likely typo."},
 		{Name: "Binding_Group", Scopes: inGlobal, Stanza: true, Repeat: true, Values: "name, as for Binding",
 			Doc: "A pool of bindings. Naming the group in the policy picks one live member. Settings written in the group (other than `Bind_Address`, `Match_Domain`, `Weight`) are defaults for its members."},
 		{Name: "Selection", Scopes: inGroup, Values: "`sticky` \\| `random` \\| `round_robin`", Default: "`sticky`",
