@@ -19,3 +19,10 @@ if exists "List-Id" {
 if envelope :domain :is "from" "bulk.example.org" {
   set "binding" "Pool";
 }
+
+# A campaign split between two bindings: a comma list picks one entry at
+# random for each message.
+if header :is "X-Campaign" "split" {
+  set "binding" "Newsletters,Example";
+  stop;
+}

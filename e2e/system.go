@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrUnimplemented reports that the vipmilter binary under test does not
+// implement a subcommand yet (it panicked with "unimplemented").
+var ErrUnimplemented = errors.New("vipmilter subcommand not implemented")
+
+// BuildVipmilter builds ./cmd/vipmilter of the module rooted at repo into dir.
+func BuildVipmilter(ctx context.Context, repo, dir string) (string, error) {
+	bin := filepath.Join(dir, "vipmilter")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/vipmilter")
+	cmd.Dir = repo
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build vipmilter: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+// System is the whole vipmilter system on one binding file: namespaces,
+// sinks on the sink side, and on the mta side the binding addresses, a
+// private Postfix configured by "vipmilter postfix" and "vipmilter serve".
+type System struct {
+	Net     *Network
+	Postfix *Postfix
+	SinkDir string
+	Bin     string
+	Config  string
+	Log     *slog.Logger
+
+	dir    string
+	sinks  []*Sink
+	serve  *exec.Cmd
+	exited chan struct{}
+	out    bytes.Buffer
+}
+
+// SystemOptions choose how the system is brought up.
+type SystemOptions struct {
+	Bin    string // vipmilter binary
+	Config string // binding file
+	Dir    string // work directory (Postfix, sink dumps)
+	// IPAddrFallback adds binding addresses with ip(8) instead of
+	// "vipmilter provision".
+	IPAddrFallback bool
+	Log            *slog.Logger
+}
+
+// StartSystem brings the whole system up; on error it tears down what it
+// started. Close tears down the rest.
+func StartSystem(ctx context.Context, o SystemOptions) (*System, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	s := &System{Bin: o.Bin, Config: o.Config, Log: o.Log, dir: o.Dir, SinkDir: filepath.Join(o.Dir, "sink")}
+	if err := s.start(ctx, o); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *System) start(ctx context.Context, o SystemOptions) error {
+	n, err := NewNetwork(ctx)
+	if err != nil {
+		return err
+	}
+	s.Net = n
+	s.Log.Info("namespaces up", "mta", n.MTA, "sink", n.Sink)
+	for _, a := range []string{SinkAddr4, "[" + SinkAddr6 + "]"} {
+		sk, err := StartSink(ctx, n.Sink, a, s.SinkDir)
+		if err != nil {
+			return err
+		}
+		s.sinks = append(s.sinks, sk)
+	}
+	if o.IPAddrFallback {
+		addrs, err := BindAddresses(o.Config)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if err := n.AddAddress(ctx, a); err != nil {
+				return err
+			}
+		}
+		s.Log.Info("binding addresses added with ip addr", "addresses", addrs)
+	} else {
+		if _, err := s.Vipmilter(ctx, "provision", "-c", o.Config); err != nil {
+			return err
+		}
+		s.Log.Info("binding addresses provisioned", "command", "vipmilter provision")
+	}
+	pf, err := NewPostfix(ctx, filepath.Join(o.Dir, "postfix"), n.MTA)
+	if err != nil {
+		return err
+	}
+	s.Postfix = pf
+	if err := s.ApplyPostfix(ctx); err != nil {
+		return err
+	}
+	return s.StartServe(ctx)
+}
+
+// Vipmilter runs a vipmilter subcommand inside the mta namespace.
+func (s *System) Vipmilter(ctx context.Context, args ...string) (string, error) {
+	cmd := Exec(ctx, s.Net.MTA, s.Bin, args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if bytes.Contains(out, []byte("unimplemented")) {
+			return string(out), fmt.Errorf("vipmilter %s: %w", args[0], ErrUnimplemented)
+		}
+		return string(out), fmt.Errorf("vipmilter %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// ApplyPostfix runs "vipmilter postfix", which renders the vipmilter part of
+// the private instance and reloads it.
+func (s *System) ApplyPostfix(ctx context.Context) error {
+	if _, err := s.Vipmilter(ctx, "postfix", "-c", s.Config, "--config-dir", s.Postfix.Dir); err != nil {
+		return err
+	}
+	// The command reloads Postfix itself; a second reload is harmless and
+	// covers a render that only touched tables.
+	return s.Postfix.Reload(ctx)
+}
+
+// StartServe starts "vipmilter serve" and waits until its milter listens.
+func (s *System) StartServe(ctx context.Context) error {
+	listen, err := MilterListen(s.Config)
+	if err != nil {
+		return err
+	}
+	s.out.Reset()
+	cmd := Exec(context.Background(), s.Net.MTA, s.Bin, "serve", "-c", s.Config)
+	cmd.Stdout, cmd.Stderr = &s.out, &s.out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("vipmilter serve: %w", err)
+	}
+	s.serve = cmd
+	exited := make(chan struct{})
+	s.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
+	wait := func() (bool, error) {
+		select {
+		case <-exited:
+			if strings.Contains(s.out.String(), "unimplemented") {
+				return false, fmt.Errorf("vipmilter serve: %w", ErrUnimplemented)
+			}
+			return false, fmt.Errorf("vipmilter serve exited: %s", s.out.String())
+		default:
+		}
+		if strings.HasPrefix(listen, "unix:") {
+			_, err := os.Stat(strings.TrimPrefix(listen, "unix:"))
+			return err == nil, nil
+		}
+		hp := strings.TrimPrefix(listen, "inet:")
+		i := strings.LastIndex(hp, ":")
+		port, _ := strconv.Atoi(hp[i+1:])
+		out, err := run(ctx, "ip", "netns", "exec", s.Net.MTA, "ss", "-Hltn")
+		return err == nil && strings.Contains(out, ":"+strconv.Itoa(port)+" "), nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := Poll(wctx, 50*time.Millisecond, wait, "vipmilter serve to listen on "+listen); err != nil {
+		s.StopServe(syscall.SIGKILL)
+		return err
+	}
+	s.Log.Info("vipmilter serve listening", "listen", listen)
+	return nil
+}
+
+// StopServe signals serve (SIGTERM, or SIGKILL to simulate a crash) and waits.
+func (s *System) StopServe(sig syscall.Signal) {
+	if s.serve == nil || s.serve.Process == nil {
+		return
+	}
+	s.serve.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.serve.Process.Kill()
+		<-s.exited
+	}
+	s.serve = nil
+}
+
+// Reload sends SIGHUP to serve.
+func (s *System) Reload() error {
+	if s.serve == nil || s.serve.Process == nil {
+		return errors.New("vipmilter serve is not running")
+	}
+	return s.serve.Process.Signal(syscall.SIGHUP)
+}
+
+// ServeOutput is what serve printed so far (its slog lines).
+func (s *System) ServeOutput() string { return s.out.String() }
+
+// Close stops everything in reverse order of start.
+func (s *System) Close() error {
+	s.StopServe(syscall.SIGTERM)
+	var errs []error
+	if s.Postfix != nil {
+		if err := s.Postfix.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, sk := range s.sinks {
+		sk.Stop()
+	}
+	if s.Net != nil {
+		if err := s.Net.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var (
+	bindAddrRE = regexp.MustCompile(`(?m)\bBind_Address\s*=\s*"?([0-9A-Fa-f.:]+)"?`)
+	listenRE   = regexp.MustCompile(`(?m)^\s*Milter_Listen\s*=\s*"([^"]+)"`)
+)
+
+// BindAddresses lists the Bind_Address values of a binding file. It is a
+// deliberately shallow scan for the ip(8) fallback only, so the harness does
+// not depend on the config package being finished.
+func BindAddresses(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("binding file: %w", err)
+	}
+	var addrs []string
+	for _, m := range bindAddrRE.FindAllStringSubmatch(string(b), -1) {
+		addrs = append(addrs, m[1])
+	}
+	return addrs, nil
+}
+
+// MilterListen returns the Milter_Listen value of a binding file.
+func MilterListen(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("binding file: %w", err)
+	}
+	m := listenRE.FindSubmatch(b)
+	if m == nil {
+		return "", fmt.Errorf("binding file %s: no Milter_Listen", path)
+	}
+	return string(m[1]), nil
+}
