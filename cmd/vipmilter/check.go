@@ -22,7 +22,9 @@ which tells you what the milter has to collect.
 
 With --routes it also asks the kernel, for every binding address, whether the
 address is on the host and which route mail to --probe would take from it
-(default 192.0.2.1, a documentation address: nothing is sent).
+(default 198.51.100.1 and 2001:db8:ffff::1, documentation addresses: it is a
+route lookup, nothing is sent). A binding whose address has no route, or
+whose route leaves by another interface than its Interface, is reported.
 
 Run it after every edit, before reloading the milter.`
 
@@ -30,7 +32,7 @@ func cmdCheck(c *cli, args []string) error {
 	fs := c.flags("check")
 	path := configFlag(fs)
 	routes := fs.Bool("routes", false, "also check that every binding address is on the host and routable")
-	probe := fs.String("probe", "192.0.2.1", "destination `ADDR` whose route --routes looks up (nothing is sent)")
+	probe := fs.String("probe", "", "destination `ADDR[,ADDR]` (one per family) whose route --routes looks up; nothing is sent (default 198.51.100.1,2001:db8:ffff::1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func init() {
 	// (help) without an initialisation cycle.
 	commands = []command{
 		{"serve", "[-c FILE]", serveHelp, cmdServe},
-		{"check", "[-c FILE] [--routes [--probe ADDR]]", checkHelp, cmdCheck},
+		{"check", "[-c FILE] [--routes [--probe ADDR[,ADDR]]]", checkHelp, cmdCheck},
 		{"test", "[-c FILE] --from A --to B [--to C] [--auth U] [--remote-ip IP] [--helo H] [--json] [MESSAGE|-]", testHelp, cmdTest},
 		{"postfix", "[-c FILE] [--config-dir DIR] [--dry-run]", postfixHelp, cmdPostfix},
 		{"provision", "[-c FILE] [--dry-run] [--prune] [--watch]", provisionHelp, cmdProvision},

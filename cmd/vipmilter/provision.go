@@ -1,7 +1,152 @@
 package main
 
-// STUB: replaced by the owner of this command.
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
 
-const provisionHelp = `TODO`
+	"github.com/coreos/go-systemd/v22/daemon"
 
-func cmdProvision(c *cli, args []string) error { panic("unimplemented") }
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/vip"
+)
+
+const provisionHelp = `Put every binding address on the host, over netlink.
+
+provision adds each Bind_Address to its interface (Interface, globally or
+per binding) with the prefix length of Bind_Prefix / Bind_Prefix6 (default
+/32 and /128) unless the address says "addr/len". An address already there
+is left alone, so running it again changes nothing. IPv6 addresses are
+added without duplicate address detection so Postfix can bind them at once.
+
+It prints one line per address (added, present, would add, removed, error)
+and a summary, and exits 1 if any declared address could not be ensured
+(missing interface, address already on another interface, no permission).
+
+Ownership: the addresses it adds are recorded in State_Dir
+(provisioned.json) and IPv4 ones carry the label IFACE:vip. --prune removes
+addresses it added that the file no longer declares, and nothing else:
+never the host's primary address or any address someone else configured.
+
+--dry-run changes nothing. --watch stays running: it re-adds a binding
+address that disappears (network manager restart, ip addr flush), tells
+systemd when ready (Type=notify) and re-reads the file on SIGHUP.
+
+Needs CAP_NET_ADMIN (root, or vipmilter-provision.service).`
+
+func cmdProvision(c *cli, args []string) error {
+	fs := c.flags("provision")
+	path := configFlag(fs)
+	dry := fs.Bool("dry-run", false, "show what would change; change nothing")
+	prune := fs.Bool("prune", false, "also remove addresses vipmilter added that the file no longer declares")
+	watch := fs.Bool("watch", false, "stay running and re-add binding addresses that disappear")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &exitError{2, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if *watch && *dry {
+		return &exitError{2, errors.New("--watch and --dry-run exclude each other")}
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		printErrors(c.stderr, err)
+		return &exitError{1, errors.New("")}
+	}
+	p, err := vip.NewProvisioner(nil, cfg.StateDir, slog.New(slog.NewTextHandler(c.stderr, nil)))
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	failed, err := provisionOnce(c, p, cfg, *dry, *prune)
+	if err != nil {
+		return err
+	}
+	if !*watch {
+		if failed {
+			return &exitError{1, errors.New("some binding addresses could not be ensured")}
+		}
+		return nil
+	}
+	return provisionWatch(c, p, *path, cfg, *prune)
+}
+
+// provisionOnce prints one line per address and a summary; failed is true
+// when any declared address is not on the host.
+func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bool) (failed bool, err error) {
+	wants := vip.Wants(cfg)
+	rs, err := p.Ensure(wants, dry)
+	if err != nil {
+		return true, err
+	}
+	if prune {
+		pr, err := p.Prune(wants, dry)
+		if err != nil {
+			return true, err
+		}
+		rs = append(rs, pr...)
+	}
+	for _, r := range rs {
+		fmt.Fprintln(c.stdout, r)
+		failed = failed || r.Status == vip.Failed
+	}
+	fmt.Fprintln(c.stdout, vip.Summary(rs))
+	return failed, nil
+}
+
+func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config, prune bool) error {
+	log := slog.New(slog.NewTextHandler(c.stderr, nil))
+	var mu sync.Mutex
+	current := vip.Wants(cfg)
+	wants := func() []vip.Want {
+		mu.Lock()
+		defer mu.Unlock()
+		return current
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- p.Watch(ctx, nil, wants, func() {
+			daemon.SdNotify(false, daemon.SdNotifyReady)
+			log.Info("watching binding addresses", "addresses", len(wants()))
+		})
+	}()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case s := <-sigs:
+			if s != syscall.SIGHUP {
+				daemon.SdNotify(false, daemon.SdNotifyStopping)
+				stop()
+				return <-errc
+			}
+			daemon.SdNotify(false, daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
+			next, err := config.Load(path)
+			if err != nil {
+				log.Error("reload failed; keeping the previous binding file", "err", err)
+				daemon.SdNotify(false, daemon.SdNotifyReady)
+				continue
+			}
+			mu.Lock()
+			current = vip.Wants(next)
+			mu.Unlock()
+			if _, err := provisionOnce(c, p, next, false, prune); err != nil {
+				log.Error("provisioning after reload", "err", err)
+			}
+			log.Info("binding file reloaded", "addresses", len(wants()))
+			daemon.SdNotify(false, daemon.SdNotifyReady)
+		}
+	}
+}
