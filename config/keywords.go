@@ -82,7 +82,7 @@ func init() {
 		{Name: "Binding_Group", Scopes: inGlobal, Stanza: true, Repeat: true, Values: "name, as for Binding",
 			Doc: "A pool of bindings. Naming the group in the policy picks one live member. Settings written in the group (other than `Bind_Address`, `Match_Domain`, `Weight`) are defaults for its members."},
 		{Name: "Selection", Scopes: inGroup, Values: "`sticky` \\| `random` \\| `round_robin`", Default: "`sticky`",
-			Doc: "How a group picks a member: `sticky` by weighted rendezvous hashing of the first recipient's domain (a destination keeps seeing the same address), `random` by weight, `round_robin` in turn. Suspended members and members whose address is not on the host are skipped; when none is left, all members are candidates, so mail waits in the queue rather than leaving from an address outside the group.",
+			Doc: "How a group picks a member: `sticky` by weighted rendezvous hashing of the first recipient's domain (a destination keeps seeing the same address), `random` by weight, `round_robin` in turn. Suspended members and members whose address is not on the host are skipped. When every member is suspended, all are candidates, so mail waits in the queue rather than leaving from an address outside the group; when a missing address leaves no member, the message follows `On_Policy_Error`.",
 			set: setSelection},
 		{Name: "Bind_Address", Scopes: inBinding, Repeat: true, Values: "IPv4 or IPv6 address, optional `/len`",
 			Doc: "The source address. Repeat the keyword to give one IPv4 and one IPv6 address; at most one of each. Required in every binding except `default` (where it also binds the mail Postfix generates itself, such as bounces).",

@@ -49,6 +49,7 @@ type Policy struct {
 	host     string
 	domain   string
 	counters map[string]*atomic.Uint64 // round_robin position per group
+	missing  atomic.Uint64             // members skipped for a missing address
 }
 
 // refused are commands that would make the policy act on the mailbox;
@@ -419,7 +420,10 @@ func (p *Policy) resolve(value string, m *Message, d *Decision) error {
 		if len(g.Members) == 0 {
 			return fmt.Errorf("group %q has no members", name)
 		}
-		b := p.pick(g, m, d)
+		b, err := p.pick(g, m, d)
+		if err != nil {
+			return err
+		}
 		d.Binding = b.Name
 		d.Group = g.Name
 		return nil
@@ -428,8 +432,9 @@ func (p *Policy) resolve(value string, m *Message, d *Decision) error {
 }
 
 // pick chooses one member of g, preferring members that can send now.
-func (p *Policy) pick(g *config.Group, m *Message, d *Decision) *config.Binding {
+func (p *Policy) pick(g *config.Group, m *Message, d *Decision) (*config.Binding, error) {
 	var skipped []string
+	missing := 0
 	live := make([]*config.Binding, 0, len(g.Members))
 	for _, b := range g.Members {
 		switch {
@@ -437,11 +442,19 @@ func (p *Policy) pick(g *config.Group, m *Message, d *Decision) *config.Binding 
 			skipped = append(skipped, b.Name+" (suspended)")
 		case p.opts.Liveness != nil && !p.opts.Liveness.Live(b):
 			skipped = append(skipped, b.Name+" (address not on host)")
+			missing++
+			p.missing.Add(1)
 		default:
 			live = append(live, b)
 		}
 	}
 	note := ""
+	if len(live) == 0 && missing > 0 {
+		// A member without its address cannot send at all; rather than
+		// queue mail behind an address that may never come back, the
+		// message follows On_Policy_Error (fallback or 4xx).
+		return nil, fmt.Errorf("group %q: no member can send (skipped %s)", g.Name, strings.Join(skipped, ", "))
+	}
 	if len(live) == 0 {
 		// Leaving from another group's address would be worse than
 		// waiting: the mail queues for a member until it comes back.
@@ -467,8 +480,12 @@ func (p *Policy) pick(g *config.Group, m *Message, d *Decision) *config.Binding 
 		slog.Debug("group members skipped", "group", g.Name, "skipped", skipped, "picked", b.Name)
 	}
 	d.Trace = append(d.Trace, Step{Rule: "group", Detail: detail + note})
-	return b
+	return b, nil
 }
+
+// MissingSkips counts group members passed over because their address was
+// not on the host, since the policy was loaded.
+func (p *Policy) MissingSkips() uint64 { return p.missing.Load() }
 
 func weight(b *config.Binding) int {
 	if b.Weight <= 0 {

@@ -211,14 +211,16 @@ func TestGroups(t *testing.T) {
 		{name: "round_robin weights", selection: config.SelectRoundRobin, wantShare: 0.75},
 		{name: "suspended skipped", selection: config.SelectSticky, suspend: "G1", wantOnly: "G2", wantTrace: "G1 (suspended)"},
 		{name: "not live skipped", selection: config.SelectRandom, dead: deadSet{"G2": true}, wantOnly: "G1", wantTrace: "G2 (address not on host)"},
-		{name: "all skipped picks among all", selection: config.SelectRoundRobin, suspend: "G1", dead: deadSet{"G2": true}, wantShare: 0.75, wantTrace: "picked among all"},
+		{name: "all suspended picks among all", selection: config.SelectRoundRobin, suspend: "G1,G2", wantShare: 0.75, wantTrace: "picked among all"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := testConfig(t, req+`set "binding" "G";`, true, config.PolicyErrorDefault)
 			cfg.Groups[0].Selection = tt.selection
-			if tt.suspend != "" {
-				cfg.Binding(tt.suspend).SuspendDelivery = true
+			for name := range strings.SplitSeq(tt.suspend, ",") {
+				if name != "" {
+					cfg.Binding(name).SuspendDelivery = true
+				}
 			}
 			var opts Options
 			if tt.dead != nil {
@@ -353,5 +355,33 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 	cfg.SieveScript = filepath.Join(t.TempDir(), "missing.sieve")
 	if _, err := New(cfg, Options{}); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing script: %v", err)
+	}
+}
+
+// TestGroupNoMemberCanSend: when every member is suspended or lacks its
+// address, and at least one lacks its address, the message follows
+// On_Policy_Error instead of waiting behind an address that may never
+// come back.
+func TestGroupNoMemberCanSend(t *testing.T) {
+	for _, tt := range []struct {
+		onErr   config.PolicyErrorAction
+		binding string
+		action  Action
+	}{
+		{config.PolicyErrorDefault, "default", Accept},
+		{config.PolicyErrorTempfail, "", Tempfail},
+	} {
+		t.Run(string(tt.onErr), func(t *testing.T) {
+			cfg := testConfig(t, `require "variables"; set "binding" "G";`, true, tt.onErr)
+			cfg.Binding("G1").SuspendDelivery = true
+			p := mustPolicy(t, cfg, Options{Liveness: deadSet{"G2": true}})
+			d := p.Decide(context.Background(), &Message{From: "x@z.example", To: []string{"r@d.example"}})
+			if d.Binding != tt.binding || d.Action != tt.action || d.Reason != ReasonPolicyError {
+				t.Fatalf("got binding %q action %v reason %s; want %q %v policy_error\n%+v", d.Binding, d.Action, d.Reason, tt.binding, tt.action, d.Trace)
+			}
+			if p.MissingSkips() != 1 {
+				t.Errorf("MissingSkips = %d, want 1", p.MissingSkips())
+			}
+		})
 	}
 }
