@@ -100,7 +100,9 @@ func (s *System) start(ctx context.Context, o SystemOptions) error {
 		}
 		s.Log.Info("binding addresses added with ip addr", "addresses", addrs)
 	} else {
-		if _, err := s.Vipmilter(ctx, "provision", "-c", o.Config); err != nil {
+		// The ownership record goes to the work directory, not the host's
+		// /var/lib/vipmilter.
+		if _, err := s.Vipmilter(ctx, "provision", "-c", o.Config, "--state-dir", filepath.Join(o.Dir, "state")); err != nil {
 			return err
 		}
 		s.Log.Info("binding addresses provisioned", "command", "vipmilter provision")

@@ -46,6 +46,7 @@ func cmdProvision(c *cli, args []string) error {
 	dry := fs.Bool("dry-run", false, "show what would change; change nothing")
 	prune := fs.Bool("prune", false, "also remove addresses vipmilter added that the file no longer declares")
 	watch := fs.Bool("watch", false, "stay running and re-add binding addresses that disappear")
+	stateDir := fs.String("state-dir", "", "record owned addresses in `DIR` instead of the file's State_Dir")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,6 +60,9 @@ func cmdProvision(c *cli, args []string) error {
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{1, errors.New("")}
+	}
+	if *stateDir != "" {
+		cfg.StateDir = *stateDir
 	}
 	p, err := vip.NewProvisioner(nil, cfg.StateDir, slog.New(slog.NewTextHandler(c.stderr, nil)))
 	if err != nil {
