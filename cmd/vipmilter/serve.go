@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -163,6 +164,12 @@ func serveListener(srv *milter.Server, cfg *config.Config) (net.Listener, error)
 		}
 		for _, ln := range lns {
 			if ln != nil {
+				// Postfix dials what "vipmilter postfix" rendered from
+				// Milter_Listen; a socket unit listening elsewhere would
+				// leave every message to On_Milter_Down.
+				if got := listenerAddress(ln); got != canonicalListen(cfg.MilterListen) {
+					slog.Warn("systemd passed a socket that differs from Milter_Listen; Postfix connects to Milter_Listen", "socket", got, "Milter_Listen", cfg.MilterListen)
+				}
 				return ln, nil
 			}
 		}
@@ -194,4 +201,28 @@ func monotonicUsec() int64 {
 		return 0
 	}
 	return ts.Sec*1e6 + ts.Nsec/1e3
+}
+
+// listenerAddress is ln's address in Milter_Listen notation.
+func listenerAddress(ln net.Listener) string {
+	switch a := ln.Addr().(type) {
+	case *net.UnixAddr:
+		return "unix:" + a.Name
+	case *net.TCPAddr:
+		return "inet:" + net.JoinHostPort(a.IP.String(), strconv.Itoa(a.Port))
+	}
+	return ln.Addr().String()
+}
+
+// canonicalListen maps the accepted spellings of Milter_Listen (local:,
+// inet6:) to the form listenerAddress produces.
+func canonicalListen(s string) string {
+	kind, rest, _ := strings.Cut(s, ":")
+	switch kind {
+	case "local":
+		return "unix:" + rest
+	case "inet6":
+		return "inet:" + rest
+	}
+	return s
 }
