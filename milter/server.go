@@ -5,8 +5,10 @@ package milter
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -162,20 +164,20 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		s.sessions.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(tuneConn(conn))
+		s.serveConn(tuneConn(conn))
 	}
 }
 
 // serveConn runs one session through go-milter's own accept loop, fed with
 // this single connection, so sessions keep go-milter's protocol handling.
+// It returns at once: the session runs on go-milter's goroutine, and the
+// connection's Close (go-milter always closes it) ends the bookkeeping.
 func (s *Server) serveConn(conn net.Conn) {
-	defer s.sessions.Done()
 	d := s.Policy()
 	n := d.Needs()
 	body := n.Body || n.Size
 	cs := &connState{}
-	done := make(chan struct{})
-	tracked := &trackedConn{Conn: conn, done: done}
+	tracked := &trackedConn{Conn: conn, w: coalescer{w: conn}, srv: s}
 	s.mu.Lock()
 	s.active[tracked] = struct{}{}
 	s.mu.Unlock()
@@ -184,11 +186,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		Actions:   gomilter.OptAddHeader | gomilter.OptChangeHeader,
 		Protocol:  protocol(body),
 	}
-	go g.Serve(&oneListener{conn: tracked})
-	<-done
-	s.mu.Lock()
-	delete(s.active, tracked)
-	s.mu.Unlock()
+	g.Serve(&oneListener{conn: tracked})
 }
 
 // Shutdown stops accepting, waits for sessions in flight until ctx ends,
@@ -207,30 +205,98 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		s.mu.Lock()
+		conns := make([]net.Conn, 0, len(s.active))
 		for c := range s.active {
-			c.Close()
+			conns = append(conns, c)
 		}
 		s.mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
 		<-waited
 		return fmt.Errorf("milter shutdown: %w", ctx.Err())
 	}
 }
 
-// trackedConn signals when go-milter closes the session's connection.
+// trackedConn ends the session's bookkeeping when go-milter closes the
+// connection, and coalesces its writes.
 type trackedConn struct {
 	net.Conn
+	w    coalescer
+	srv  *Server
 	once sync.Once
-	done chan struct{}
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+
+// coalescer holds the modification packets go-milter writes at end of
+// message (delete and add header) and sends them in one write together
+// with the final action that follows, instead of one write (and one
+// wake-up of the MTA) per packet. The MTA reads the same bytes in the same
+// order. go-milter writes every packet through its own bufio.Writer, so a
+// Write starts a packet or continues the current one.
+type coalescer struct {
+	w    io.Writer
+	held []byte // modification packets not yet sent
+	rest int    // bytes of the current packet still to come
+	hold bool   // the current packet is held
+}
+
+// isModification reports whether code is a milter modification action
+// (SMFIR_ADDHEADER, CHGHEADER, ...), always followed by a final action.
+func isModification(code byte) bool {
+	return strings.IndexByte("hmi+-bqe", code) >= 0
+}
+
+func (c *coalescer) Write(p []byte) (int, error) {
+	if c.rest == 0 { // a new packet
+		if len(p) < 5 {
+			return c.flush(p)
+		}
+		c.rest = 4 + int(binary.BigEndian.Uint32(p))
+		c.hold = isModification(p[4])
+	}
+	c.rest -= len(p)
+	if c.rest < 0 { // not go-milter's framing: stop interpreting
+		c.rest, c.hold = 0, false
+	}
+	if c.hold {
+		c.held = append(c.held, p...)
+		if c.rest == 0 {
+			c.hold = false
+		}
+		return len(p), nil
+	}
+	return c.flush(p)
+}
+
+// flush writes what is held followed by p in one write.
+func (c *coalescer) flush(p []byte) (int, error) {
+	if len(c.held) == 0 {
+		return c.w.Write(p)
+	}
+	c.held = append(c.held, p...)
+	_, err := c.w.Write(c.held)
+	c.held = c.held[:0]
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
+	c.once.Do(func() {
+		c.srv.mu.Lock()
+		delete(c.srv.active, c)
+		c.srv.mu.Unlock()
+		c.srv.sessions.Done()
+	})
 	return err
 }
 
-// oneListener yields one connection, then blocks until that connection
-// is closed and reports the listener closed.
+// oneListener yields one connection, then reports the listener closed, so
+// go-milter's Serve starts that session and returns.
 type oneListener struct {
 	conn   *trackedConn
 	handed bool
@@ -241,8 +307,49 @@ func (l *oneListener) Accept() (net.Conn, error) {
 		l.handed = true
 		return l.conn, nil
 	}
-	<-l.conn.done
 	return nil, net.ErrClosed
 }
 func (l *oneListener) Close() error   { return nil }
 func (l *oneListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// framer follows the milter packet framing of what the MTA sends (4-byte
+// big-endian length, command byte, data) across reads.
+type framer struct {
+	hdr   [4]byte
+	nh    int  // length bytes seen
+	need  int  // bytes of the current packet still to come
+	first bool // the next byte is the command code
+	code  byte
+}
+
+// noReply reports whether the milter sends nothing back for command code
+// (in protocol v2: SMFIC_MACRO, SMFIC_ABORT, and QUIT).
+func noReply(code byte) bool { return code == 'D' || code == 'A' || code == 'Q' || code == 'K' }
+
+// scan consumes p and reports whether a packet that gets no reply ended in it.
+func (f *framer) scan(p []byte) bool {
+	ended := false
+	for len(p) > 0 {
+		if f.need == 0 {
+			k := copy(f.hdr[f.nh:], p)
+			f.nh += k
+			p = p[k:]
+			if f.nh == 4 {
+				f.nh = 0
+				f.need = int(binary.BigEndian.Uint32(f.hdr[:]))
+				f.first = f.need > 0
+			}
+			continue
+		}
+		if f.first {
+			f.code, f.first = p[0], false
+		}
+		k := min(f.need, len(p))
+		f.need -= k
+		p = p[k:]
+		if f.need == 0 && noReply(f.code) {
+			ended = true
+		}
+	}
+	return ended
+}

@@ -29,6 +29,7 @@ func tuneConn(c net.Conn) net.Conn {
 type quickAckConn struct {
 	*net.TCPConn
 	raw syscall.RawConn
+	framer
 }
 
 func (c *quickAckConn) quickAck() {
@@ -39,7 +40,13 @@ func (c *quickAckConn) quickAck() {
 
 func (c *quickAckConn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
-	// Linux clears QUICKACK after some ACKs; re-arm it on every read.
-	c.quickAck()
+	// Only a packet we will not answer leaves its ACK to the delayed-ACK
+	// timer; a reply carries the ACK of the command it answers. Setting
+	// TCP_QUICKACK while an ACK is pending sends it at once (and Linux
+	// clears QUICKACK after some ACKs, so it is set each time). One
+	// setsockopt per macro packet instead of one per read.
+	if c.scan(b[:n]) {
+		c.quickAck()
+	}
 	return n, err
 }
