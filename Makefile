@@ -1,0 +1,81 @@
+# vipmilter — build, test, benchmark, demo, install.
+#
+#   make            build ./vipmilter
+#   make deps       install what the tests and the demo need (Debian, as root)
+#   make test       the whole test suite (unit, milter, Postfix end-to-end, netlink, fuzz, systemd)
+#   make demo       the whole system on examples/ in private network namespaces (root)
+#   make run        serve examples/vipmilter.conf in the foreground
+#   make bench      Go benchmarks (ratios against baselines run side by side)
+#   make bench-system  Postfix and provisioning benchmarks in namespaces (root)
+#   make install    DESTDIR-aware install of binary, units, example config
+
+GO        ?= go
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+DESTDIR   ?=
+PREFIX    ?= /usr
+FUZZTIME  ?= 20s
+
+.PHONY: all build deps test unit fuzz systemd-check demo run bench bench-system install clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o vipmilter ./cmd/vipmilter
+
+# Debian packages the suite uses: postfix (with smtp-sink/smtp-source),
+# swaks, iproute2 (ip netns), systemd (systemd-analyze). Postfix is
+# preseeded to "No configuration" so installing it never asks questions and
+# never configures the host's own mail system.
+deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (it uses apt-get)"; exit 1; fi
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	command -v postconf >/dev/null && command -v smtp-sink >/dev/null && command -v swaks >/dev/null && command -v ip >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y postfix swaks iproute2 systemd; }
+	$(GO) mod download
+
+test: unit fuzz systemd-check
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./milter
+
+systemd-check:
+	./systemd/check.sh
+
+demo:
+	$(GO) run ./cmd/vipmilter-demo
+
+run: build
+	./vipmilter serve -c examples/vipmilter.conf
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -count 3 ./sieve ./milter
+
+bench-system:
+	$(GO) run ./bench/provision -n 4096 -repeat 5
+	$(GO) run ./bench/postfix -n 2000 -repeat 3
+
+install: build
+	install -D -m 0755 vipmilter $(DESTDIR)$(PREFIX)/bin/vipmilter
+	@# units: /lib/systemd/system (Debian 12) unless UNITDIR=...; ExecStart follows PREFIX
+	install -d -m 0755 $(DESTDIR)$(or $(UNITDIR),/lib/systemd/system)/postfix@.service.d
+	for u in vipmilter.service vipmilter-provision.service vipmilter.socket; do \
+	  sed 's|/usr/bin/vipmilter|$(PREFIX)/bin/vipmilter|g' systemd/$$u > $(DESTDIR)$(or $(UNITDIR),/lib/systemd/system)/$$u && \
+	  chmod 0644 $(DESTDIR)$(or $(UNITDIR),/lib/systemd/system)/$$u || exit 1; \
+	done
+	install -m 0644 systemd/postfix@.service.d-vipmilter.conf $(DESTDIR)$(or $(UNITDIR),/lib/systemd/system)/postfix@.service.d/vipmilter.conf
+	install -D -m 0644 systemd/vipmilter.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/vipmilter.conf
+	install -D -m 0644 systemd/vipmilter.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/vipmilter.conf
+	install -D -m 0644 docs/systemd.md $(DESTDIR)$(PREFIX)/share/doc/vipmilter/systemd.md
+	install -d -m 0755 $(DESTDIR)/etc/vipmilter
+	test -e $(DESTDIR)/etc/vipmilter/vipmilter.conf || install -m 0644 examples/vipmilter.conf $(DESTDIR)/etc/vipmilter/vipmilter.conf
+	test -e $(DESTDIR)/etc/vipmilter/policy.sieve || install -m 0644 examples/policy.sieve $(DESTDIR)/etc/vipmilter/policy.sieve
+
+clean:
+	rm -f vipmilter
