@@ -60,11 +60,11 @@ func TestFramer(t *testing.T) {
 	stream := wire(pkt('D', "M", "i", "QID"), pkt('M', "<a@b>"), []byte{'A'}, pkt('R', "<c@d>"))
 	ends := 0
 	for split := 1; split <= len(stream); split++ {
-		var f framer
+		var f Framer
 		n := 0
 		for p := stream; len(p) > 0; {
 			k := min(split, len(p))
-			if f.scan(p[:k]) {
+			if f.Scan(p[:k]) {
 				n++
 			}
 			p = p[k:]

@@ -312,9 +312,9 @@ func (l *oneListener) Accept() (net.Conn, error) {
 func (l *oneListener) Close() error   { return nil }
 func (l *oneListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
-// framer follows the milter packet framing of what the MTA sends (4-byte
+// Framer follows the milter packet framing of what the MTA sends (4-byte
 // big-endian length, command byte, data) across reads.
-type framer struct {
+type Framer struct {
 	hdr   [4]byte
 	nh    int  // length bytes seen
 	need  int  // bytes of the current packet still to come
@@ -326,8 +326,10 @@ type framer struct {
 // (in protocol v2: SMFIC_MACRO, SMFIC_ABORT, and QUIT).
 func noReply(code byte) bool { return code == 'D' || code == 'A' || code == 'Q' || code == 'K' }
 
-// scan consumes p and reports whether a packet that gets no reply ended in it.
-func (f *framer) scan(p []byte) bool {
+// Scan consumes p and reports whether a packet that gets no reply ended in
+// it: after such a packet the milter must acknowledge at once (TCP_QUICKACK),
+// since no reply will carry the ACK. Exported for bench/milter-socket.
+func (f *Framer) Scan(p []byte) bool {
 	ended := false
 	for len(p) > 0 {
 		if f.need == 0 {

@@ -29,7 +29,7 @@ func tuneConn(c net.Conn) net.Conn {
 type quickAckConn struct {
 	*net.TCPConn
 	raw syscall.RawConn
-	framer
+	Framer
 }
 
 func (c *quickAckConn) quickAck() {
@@ -45,7 +45,7 @@ func (c *quickAckConn) Read(b []byte) (int, error) {
 	// TCP_QUICKACK while an ACK is pending sends it at once (and Linux
 	// clears QUICKACK after some ACKs, so it is set each time). One
 	// setsockopt per macro packet instead of one per read.
-	if c.scan(b[:n]) {
+	if c.Scan(b[:n]) {
 		c.quickAck()
 	}
 	return n, err

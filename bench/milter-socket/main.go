@@ -41,7 +41,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -51,11 +50,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
-	"time"
 
 	gomilter "github.com/emersion/go-milter"
 
@@ -156,10 +153,10 @@ func run() error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			rate, err := measure(ctx, netw, pf, *n, 8)
+			rate, err := e2e.Throughput(ctx, netw, pf, *n, 8)
 			if err == nil && *n1 > 0 {
 				var r1 float64
-				r1, err = measure(ctx, netw, pf, *n1, 1)
+				r1, err = e2e.Throughput(ctx, netw, pf, *n1, 1)
 				lat[v.name] = append(lat[v.name], 1000/r1)
 			}
 			stop()
@@ -170,12 +167,12 @@ func run() error {
 			rates[v.name] = append(rates[v.name], rate)
 		}
 	}
-	base := median(rates["no milter"])
+	base := e2e.Median(rates["no milter"])
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "VARIANT\tMSG/S (-s 8)\tRATIO\tMS/MSG (-s 1)\tRUNS MSG/S\tRUNS MS/MSG\n")
 	for _, v := range variants {
-		m := median(rates[v.name])
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2f×\t%.1f\t%s\t%s\n", v.name, m, m/base, median(lat[v.name]),
+		m := e2e.Median(rates[v.name])
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f×\t%.1f\t%s\t%s\n", v.name, m, m/base, e2e.Median(lat[v.name]),
 			fmtList(rates[v.name], "%.0f"), fmtList(lat[v.name], "%.1f"))
 	}
 	return tw.Flush()
@@ -203,7 +200,7 @@ func setup(ctx context.Context, v variant, self string, netw *e2e.Network, pf *e
 		return none, err
 	}
 	stop := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM); cmd.Wait() }
-	if err := waitMilter(ctx, netw.MTA, v.listen); err != nil {
+	if err := e2e.WaitMilter(ctx, netw.MTA, v.listen); err != nil {
 		stop()
 		return none, err
 	}
@@ -300,7 +297,7 @@ func (l plainListener) Accept() (net.Conn, error) {
 
 // quickAckListener re-arms TCP_QUICKACK after every read, the simplest form
 // of the fix, or (noReply) only after a read that completed a packet the
-// milter does not answer, as package milter does (a copy of its framer).
+// milter does not answer, as package milter does (with its Framer).
 type quickAckListener struct {
 	net.Listener
 	noReply bool
@@ -310,7 +307,7 @@ type quickAckConn struct {
 	*net.TCPConn
 	raw     syscall.RawConn
 	noReply bool
-	framer
+	milter.Framer
 }
 
 func (l quickAckListener) Accept() (net.Conn, error) {
@@ -339,88 +336,10 @@ func (c *quickAckConn) quickAck() {
 
 func (c *quickAckConn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
-	if !c.noReply || c.scan(b[:n]) {
+	if !c.noReply || c.Scan(b[:n]) {
 		c.quickAck()
 	}
 	return n, err
-}
-
-// framer follows the milter framing of what Postfix sends; a copy of
-// package milter's.
-type framer struct {
-	hdr   [4]byte
-	nh    int
-	need  int
-	first bool
-	code  byte
-}
-
-// scan consumes p and reports whether a packet that gets no reply
-// (SMFIC_MACRO, ABORT, QUIT) ended in it.
-func (f *framer) scan(p []byte) bool {
-	ended := false
-	for len(p) > 0 {
-		if f.need == 0 {
-			k := copy(f.hdr[f.nh:], p)
-			f.nh += k
-			p = p[k:]
-			if f.nh == 4 {
-				f.nh = 0
-				f.need = int(binary.BigEndian.Uint32(f.hdr[:]))
-				f.first = f.need > 0
-			}
-			continue
-		}
-		if f.first {
-			f.code, f.first = p[0], false
-		}
-		k := min(f.need, len(p))
-		f.need -= k
-		p = p[k:]
-		if f.need == 0 && strings.IndexByte("DAQK", f.code) >= 0 {
-			ended = true
-		}
-	}
-	return ended
-}
-
-// waitMilter polls until the milter socket accepts connections.
-func waitMilter(ctx context.Context, ns, listen string) error {
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	return e2e.Poll(wctx, 20*time.Millisecond, func() (bool, error) {
-		if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-			fi, err := os.Stat(path)
-			return err == nil && fi.Mode().Perm() == 0o666, nil
-		}
-		return e2e.Exec(wctx, ns, "sh", "-c", "ss -Hltn | grep -q '"+strings.TrimPrefix(listen, "inet:")+" '").Run() == nil, nil
-	}, "milter on "+listen)
-}
-
-// measure sends n messages with smtp-source over sessions parallel SMTP
-// sessions (one message per session) and times until the queue is empty.
-func measure(ctx context.Context, netw *e2e.Network, pf *e2e.Postfix, n, sessions int) (float64, error) {
-	start := time.Now()
-	cmd := e2e.Exec(ctx, netw.MTA, "smtp-source", "-s", strconv.Itoa(sessions), "-l", "1024", "-m", strconv.Itoa(n),
-		"-f", "bench@example.com", "-t", "user@["+e2e.SinkAddr4+"]", "127.0.0.1:25")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("smtp-source: %w: %s", err, out)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	if err := e2e.Poll(wctx, 20*time.Millisecond, func() (bool, error) { return pf.QueueEmpty(ctx), nil }, "empty queue"); err != nil {
-		return 0, err
-	}
-	return float64(n) / time.Since(start).Seconds(), nil
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func fmtList(xs []float64, f string) string {

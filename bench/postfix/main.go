@@ -17,12 +17,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
-	"time"
 
 	"github.com/emersion/go-milter"
 	"github.com/vipmilter/vipmilter/e2e"
@@ -143,7 +140,7 @@ func run() error {
 				}
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			rate, err := measure(ctx, netw, pf, *n)
+			rate, err := e2e.Throughput(ctx, netw, pf, *n, 8)
 			stop()
 			if err != nil {
 				return fmt.Errorf("%s: %w\n%s", v.name, err, pf.LogTail(20))
@@ -152,7 +149,7 @@ func run() error {
 			results[v.name] = append(results[v.name], rate)
 		}
 	}
-	base := median(results["no milter"])
+	base := e2e.Median(results["no milter"])
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "VARIANT\tMEDIAN MSG/S\tRATIO\tRUNS\n")
 	for _, v := range variants {
@@ -160,7 +157,7 @@ func run() error {
 			fmt.Fprintf(tw, "%s\t-\t-\tskipped: %s\n", v.name, why)
 			continue
 		}
-		m := median(results[v.name])
+		m := e2e.Median(results[v.name])
 		fmt.Fprintf(tw, "%s\t%.0f\t%.2f×\t%v\n", v.name, m, m/base, fmtRates(results[v.name]))
 	}
 	return tw.Flush()
@@ -179,7 +176,7 @@ func setup(ctx context.Context, v variant, dir, self, bin string, netw *e2e.Netw
 		}
 		cmd.Stderr = os.Stderr
 		stop := func() { cmd.Process.Kill(); cmd.Wait() }
-		if err := waitMilter(ctx, netw.MTA, v.listen); err != nil {
+		if err := e2e.WaitMilter(ctx, netw.MTA, v.listen); err != nil {
 			stop()
 			return none, err
 		}
@@ -205,20 +202,6 @@ func setup(ctx context.Context, v variant, dir, self, bin string, netw *e2e.Netw
 		return none, err
 	}
 	return func() { sys.StopServe(syscall.SIGTERM) }, nil
-}
-
-// waitMilter polls until the milter socket accepts connections.
-func waitMilter(ctx context.Context, ns, listen string) error {
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	return e2e.Poll(wctx, 20*time.Millisecond, func() (bool, error) {
-		if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-			// Ready once the milter opened it up to the postfix user.
-			fi, err := os.Stat(path)
-			return err == nil && fi.Mode().Perm() == 0o666, nil
-		}
-		return e2e.Exec(wctx, ns, "sh", "-c", "ss -Hltn | grep -q '"+strings.TrimPrefix(listen, "inet:")+" '").Run() == nil, nil
-	}, "milter on "+listen)
 }
 
 // writeBindings writes a binding file whose Match_Domain covers the
@@ -253,31 +236,6 @@ Binding "Example" {
 `, v.listen)
 	p := filepath.Join(dir, "bench.conf")
 	return p, os.WriteFile(p, []byte(conf), 0o644)
-}
-
-// measure sends n messages with smtp-source and times until the queue is empty.
-func measure(ctx context.Context, netw *e2e.Network, pf *e2e.Postfix, n int) (float64, error) {
-	start := time.Now()
-	cmd := e2e.Exec(ctx, netw.MTA, "smtp-source", "-s", "8", "-l", "1024", "-m", strconv.Itoa(n),
-		"-f", "bench@example.com", "-t", "user@["+e2e.SinkAddr4+"]", "127.0.0.1:25")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("smtp-source: %w: %s", err, out)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	if err := e2e.Poll(wctx, 20*time.Millisecond, func() (bool, error) { return pf.QueueEmpty(ctx), nil }, "empty queue"); err != nil {
-		return 0, err
-	}
-	return float64(n) / time.Since(start).Seconds(), nil
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func fmtRates(xs []float64) string {
