@@ -69,9 +69,6 @@ func run() int {
 	sys, err := e2e.StartSystem(ctx, e2e.SystemOptions{Bin: bin, Config: conf, Dir: dir, IPAddrFallback: *ipFallback, Log: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vipmilter-demo: %v\n", err)
-		if errors.Is(err, e2e.ErrUnimplemented) {
-			fmt.Fprintln(os.Stderr, "vipmilter-demo: this build of vipmilter is not complete yet")
-		}
 		return 1
 	}
 	defer func() {
