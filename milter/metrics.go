@@ -13,6 +13,7 @@ type Metrics struct {
 	Split        prometheus.Counter
 	Panics       prometheus.Counter
 	PolicyErrors prometheus.Counter
+	Unavailable  prometheus.Counter
 	Decision     prometheus.Histogram
 }
 
@@ -33,6 +34,9 @@ func NewMetrics() *Metrics {
 		}),
 		PolicyErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "vipmilter_milter_policy_errors_total", Help: "Messages whose policy run failed.",
+		}),
+		Unavailable: f.NewCounter(prometheus.CounterOpts{
+			Name: "vipmilter_milter_group_members_unavailable_total", Help: "Group members skipped because their address was not on the host.",
 		}),
 		Decision: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "vipmilter_milter_decision_seconds", Help: "Time the policy took to decide.",

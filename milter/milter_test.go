@@ -17,8 +17,8 @@ import (
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
-// fakeDecider stands in for *sieve.Policy while package config's Load is
-// not yet available; it decides from the sender domain and the macros.
+// fakeDecider stands in for *sieve.Policy so each milter behaviour can be
+// driven on its own; it decides from the sender domain and the macros.
 type fakeDecider struct {
 	needs sieve.Needs
 	cfg   *config.Config
@@ -40,6 +40,8 @@ func (f *fakeDecider) Decide(_ context.Context, m *sieve.Message) sieve.Decision
 		return sieve.Decision{Binding: "default", Reason: sieve.ReasonPolicyError, Action: sieve.Tempfail, Err: errors.New("unknown binding")}
 	case "panic.test":
 		panic("policy blew up")
+	case "gone.test":
+		return sieve.Decision{Binding: "Pool2", Group: "Pool", Reason: sieve.ReasonScript, Unavailable: 2}
 	case "":
 		return sieve.Decision{Binding: "default", Reason: sieve.ReasonFallback}
 	}
@@ -262,4 +264,18 @@ func equal[T comparable](a, b []T) bool {
 		}
 	}
 	return true
+}
+
+// TestUnavailableCounted: group members skipped for a missing address are
+// counted in vipmilter_milter_group_members_unavailable_total.
+func TestUnavailableCounted(t *testing.T) {
+	s := New(newFake(), nil)
+	c := start(t, s, "unix")
+	for range 3 {
+		send(t, newSess(t, c), msg{from: "a@gone.test"})
+	}
+	send(t, newSess(t, c), msg{from: "a@blue.test"})
+	if got := testutilCount(s.Metrics().Unavailable); got != 6 {
+		t.Errorf("unavailable_total = %v, want 6", got)
+	}
 }

@@ -166,6 +166,7 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	met := s.srv.metrics
 	met.Decision.Observe(d.Elapsed.Seconds())
 	met.Messages.WithLabelValues(d.Binding, string(d.Reason)).Inc()
+	met.Unavailable.Add(float64(d.Unavailable))
 	if d.Split {
 		met.Split.Inc()
 	}

@@ -66,15 +66,18 @@ type Step struct {
 type Decision struct {
 	// Binding is the chosen binding name. The fallback without a declared
 	// "default" binding is reported as "default" too (config.DefaultBindingName).
-	Binding    string        `json:"binding"`
-	Group      string        `json:"group,omitempty"` // group the binding was picked from, if any
-	Reason     Reason        `json:"reason"`
-	Action     Action        `json:"-"`
-	RejectText string        `json:"reject,omitempty"` // reason given to reject/ereject
-	Trace      []Step        `json:"trace"`
-	Err        error         `json:"-"`               // the policy error, when Reason is ReasonPolicyError
-	Split      bool          `json:"split,omitempty"` // recipients would have been given different bindings
-	Elapsed    time.Duration `json:"-"`
+	Binding    string `json:"binding"`
+	Group      string `json:"group,omitempty"` // group the binding was picked from, if any
+	Reason     Reason `json:"reason"`
+	Action     Action `json:"-"`
+	RejectText string `json:"reject,omitempty"` // reason given to reject/ereject
+	Trace      []Step `json:"trace"`
+	Err        error  `json:"-"`               // the policy error, when Reason is ReasonPolicyError
+	Split      bool   `json:"split,omitempty"` // recipients would have been given different bindings
+	// Unavailable counts group members passed over because their address
+	// was not on the host.
+	Unavailable int           `json:"unavailable,omitempty"`
+	Elapsed     time.Duration `json:"-"`
 }
 
 // Needs tells the milter which stages the policy reads, so it can opt out

@@ -443,6 +443,7 @@ func (p *Policy) pick(g *config.Group, m *Message, d *Decision) (*config.Binding
 		case p.opts.Liveness != nil && !p.opts.Liveness.Live(b):
 			skipped = append(skipped, b.Name+" (address not on host)")
 			missing++
+			d.Unavailable++
 			p.missing.Add(1)
 		default:
 			live = append(live, b)

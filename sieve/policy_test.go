@@ -379,6 +379,9 @@ func TestGroupNoMemberCanSend(t *testing.T) {
 			if d.Binding != tt.binding || d.Action != tt.action || d.Reason != ReasonPolicyError {
 				t.Fatalf("got binding %q action %v reason %s; want %q %v policy_error\n%+v", d.Binding, d.Action, d.Reason, tt.binding, tt.action, d.Trace)
 			}
+			if d.Unavailable != 1 {
+				t.Errorf("Decision.Unavailable = %d, want 1", d.Unavailable)
+			}
 			if p.MissingSkips() != 1 {
 				t.Errorf("MissingSkips = %d, want 1", p.MissingSkips())
 			}
