@@ -188,15 +188,13 @@ func setInterface(d *decoder, n *Node, v *values) {
 	v.iface.put(s)
 }
 
-func setBindPrefix4(d *decoder, n *Node, v *values) {
-	if x, ok := d.intIn(n, 1, 32); ok {
-		v.pfx4.put(x)
-	}
-}
-
-func setBindPrefix6(d *decoder, n *Node, v *values) {
-	if x, ok := d.intIn(n, 1, 128); ok {
-		v.pfx6.put(x)
+// setInt returns the setter of an inherited whole-number setting kept in
+// the field that field picks, accepting lo to hi.
+func setInt(lo, hi int, field func(*values) *setting[int]) func(*decoder, *Node, *values) {
+	return func(d *decoder, n *Node, v *values) {
+		if x, ok := d.intIn(n, lo, hi); ok {
+			field(v).put(x)
+		}
 	}
 }
 
@@ -309,18 +307,6 @@ func setEHLO(d *decoder, n *Node, v *values) {
 		v.ehlo.put(s)
 	default:
 		d.bad(n, "%q: not a valid host name (want __hostname__, __message__ or a name like mta1.example.com)", s)
-	}
-}
-
-func setMaxOutbound(d *decoder, n *Node, v *values) {
-	if x, ok := d.intIn(n, 0, 10000); ok {
-		v.moc.put(x)
-	}
-}
-
-func setServerMaxOutbound(d *decoder, n *Node, v *values) {
-	if x, ok := d.intIn(n, 0, 10000); ok {
-		v.smoc.put(x)
 	}
 }
 

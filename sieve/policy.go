@@ -145,14 +145,7 @@ func (p *Policy) scan(cmds []parser.Cmd) {
 	var test func(t parser.Test)
 	strs := func(args []parser.Arg) {
 		for _, a := range args {
-			var vals []string
-			switch a := a.(type) {
-			case parser.StringArg:
-				vals = []string{a.Value}
-			case parser.StringListArg:
-				vals = a.Value
-			}
-			for _, v := range vals {
+			for _, v := range argStrings(a) {
 				if strings.Contains(strings.ToLower(v), "envelope.to") {
 					p.readsTo = true
 				}
@@ -169,13 +162,7 @@ func (p *Policy) scan(cmds []parser.Cmd) {
 			p.needs.Body = true
 		case "envelope":
 			for _, a := range t.Args {
-				var vals []string
-				switch a := a.(type) {
-				case parser.StringArg:
-					vals = []string{a.Value}
-				case parser.StringListArg:
-					vals = a.Value
-				}
+				vals := argStrings(a)
 				// The first string list names the envelope parts; a
 				// variable there could expand to "to".
 				for _, v := range vals {
@@ -209,6 +196,17 @@ func (p *Policy) scan(cmds []parser.Cmd) {
 		}
 	}
 	walk(cmds)
+}
+
+// argStrings returns the strings of a string or string-list argument.
+func argStrings(a parser.Arg) []string {
+	switch a := a.(type) {
+	case parser.StringArg:
+		return []string{a.Value}
+	case parser.StringListArg:
+		return a.Value
+	}
+	return nil
 }
 
 // noteSet remembers where a literal value is given to ${binding}, so the
