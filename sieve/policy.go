@@ -50,6 +50,10 @@ type Policy struct {
 	domain   string
 	counters map[string]*atomic.Uint64 // round_robin position per group
 	missing  atomic.Uint64             // members skipped for a missing address
+
+	// flagBinding: script is the flag-based copy (literal.go), and the
+	// binding is read from the flags instead of the variable.
+	flagBinding bool
 }
 
 // refused are commands that would make the policy act on the mailbox;
@@ -84,10 +88,22 @@ func New(cfg *config.Config, opts Options) (*Policy, error) {
 	}
 	p.script = script
 	p.scan(cmds)
+	if fast := literalBindingScript(src, cmds, loadOptions()); fast != nil {
+		p.script, p.flagBinding = fast, true
+	}
 	return p, nil
 }
 
 var posRE = regexp.MustCompile(`(\d+):(\d+): `)
+
+func loadOptions() *interp.Options {
+	return &interp.Options{
+		MaxRedirects:       0,
+		MaxVariableCount:   128,
+		MaxVariableNameLen: 32,
+		MaxVariableLen:     4000,
+	}
+}
 
 // compile lexes, parses and loads a script. go-sieve reports positions as
 // "LINE:COL: reason", sometimes behind a "LoadCmd x: " prefix and without
@@ -114,12 +130,7 @@ func compile(path string, src []byte) (*interp.Script, []parser.Cmd, error) {
 	if err := refuse(name, cmds); err != nil {
 		return nil, nil, err
 	}
-	script, err := interp.LoadScript(cmds, &interp.Options{
-		MaxRedirects:       0,
-		MaxVariableCount:   128,
-		MaxVariableNameLen: 32,
-		MaxVariableLen:     4000,
-	})
+	script, err := interp.LoadScript(cmds, loadOptions())
 	if err != nil {
 		return nil, nil, wrap(err)
 	}
@@ -386,7 +397,11 @@ func (p *Policy) run(ctx context.Context, m *Message, to string) (out outcome, e
 			return outcome{reject: true, rejectText: a.Reason}, nil
 		}
 	}
-	out.value = strings.TrimSpace(rd.Variables["binding"])
+	if p.flagBinding {
+		out.value = strings.TrimSpace(flagBinding(rd))
+	} else {
+		out.value = strings.TrimSpace(rd.Variables["binding"])
+	}
 	return out, nil
 }
 
@@ -585,6 +600,11 @@ func (v *view) MessageSize() int     { return v.m.Size }
 func (v *view) HeaderGet(key string) ([]string, error) {
 	if v.m.Header == nil {
 		return nil, nil
+	}
+	// Scripts mostly name headers in canonical form ("Subject"): a direct
+	// lookup skips canonicalising the key on every test of every rule.
+	if vs, ok := v.m.Header[key]; ok {
+		return vs, nil
 	}
 	return v.m.Header.Values(key), nil
 }
