@@ -1,8 +1,10 @@
 package milter
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -41,7 +43,9 @@ func (f *fakeDecider) Decide(_ context.Context, m *sieve.Message) sieve.Decision
 	case "panic.test":
 		panic("policy blew up")
 	case "gone.test":
-		return sieve.Decision{Binding: "Pool2", Group: "Pool", Reason: sieve.ReasonScript, Unavailable: 2}
+		return sieve.Decision{Binding: "Pool2", Group: "Pool", Reason: sieve.ReasonScript, Unavailable: 2, Trace: []sieve.Step{
+			{Rule: "script", Line: 3, Detail: "binding = Pool"},
+			{Rule: "group", Detail: "Pool (sticky): picked Pool2; skipped Pool1 (address not on host)"}}}
 	case "":
 		return sieve.Decision{Binding: "default", Reason: sieve.ReasonFallback}
 	}
@@ -269,7 +273,8 @@ func equal[T comparable](a, b []T) bool {
 // TestUnavailableCounted: group members skipped for a missing address are
 // counted in vipmilter_milter_group_members_unavailable_total.
 func TestUnavailableCounted(t *testing.T) {
-	s := New(newFake(), nil)
+	var logs bytes.Buffer
+	s := New(newFake(), slog.New(slog.NewTextHandler(&logs, nil)))
 	c := start(t, s, "unix")
 	for range 3 {
 		send(t, newSess(t, c), msg{from: "a@gone.test"})
@@ -277,5 +282,10 @@ func TestUnavailableCounted(t *testing.T) {
 	send(t, newSess(t, c), msg{from: "a@blue.test"})
 	if got := testutilCount(s.Metrics().Unavailable); got != 6 {
 		t.Errorf("unavailable_total = %v, want 6", got)
+	}
+	// The decision line carries the trace, so the skip is in the log too.
+	want := `trace="script (line 3): binding = Pool; group: Pool (sticky): picked Pool2; skipped Pool1 (address not on host)"`
+	if n := strings.Count(logs.String(), want); n != 3 {
+		t.Errorf("log has %d decision lines with %s, want 3:\n%s", n, want, logs.String())
 	}
 }

@@ -172,7 +172,7 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	}
 	attrs := []any{"queue_id", s.msg.QueueID, "from", s.msg.From, "rcpts", len(s.msg.To),
 		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", d.Split,
-		"elapsed", time.Since(s.started)}
+		"trace", traceText(d.Trace), "elapsed", time.Since(s.started)}
 	if d.Err != nil {
 		met.PolicyErrors.Inc()
 		s.srv.log.Warn("milter decision", append(attrs, "err", d.Err)...)
@@ -209,4 +209,24 @@ func (s *session) Abort(m *gomilter.Modifier) error {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// traceText is the decision's trace on one log line: which rule decided,
+// and for a group which members were skipped and why.
+func traceText(steps []sieve.Step) string {
+	var b strings.Builder
+	for i, st := range steps {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(st.Rule)
+		if st.Line > 0 {
+			fmt.Fprintf(&b, " (line %d)", st.Line)
+		}
+		if st.Detail != "" {
+			b.WriteString(": ")
+			b.WriteString(st.Detail)
+		}
+	}
+	return b.String()
 }
