@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -64,10 +65,16 @@ func Wants(cfg *config.Config) []Want {
 // Provisioner adds and removes binding addresses through one netlink handle,
 // so tests (and the benchmark) can point it at a network namespace.
 type Provisioner struct {
+	// mu serializes Ensure, Prune and CheckRoutes: the watcher and a SIGHUP
+	// reload both provision, and the state file is read-modified-written.
+	mu       sync.Mutex
 	ns       *netns.NsHandle // nil: the current namespace
 	h        *netlink.Handle
 	stateDir string
 	log      *slog.Logger
+	// rcvbuf is Watch's event socket buffer; tests shrink it to make the
+	// kernel drop events.
+	rcvbuf int
 }
 
 // NewProvisioner returns a Provisioner working in namespace ns (nil: the
@@ -83,7 +90,7 @@ func NewProvisioner(ns *netns.NsHandle, stateDir string, log *slog.Logger) (*Pro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Provisioner{ns: ns, h: h, stateDir: stateDir, log: log}, nil
+	return &Provisioner{ns: ns, h: h, stateDir: stateDir, log: log, rcvbuf: eventBuffer}, nil
 }
 
 // Close releases the netlink handle.
@@ -103,7 +110,7 @@ type hostAddr struct {
 }
 
 func (p *Provisioner) dump() (*hostAddrs, error) {
-	list, err := p.h.AddrList(nil, netlink.FAMILY_ALL)
+	list, err := listAddrs(p.h)
 	if err != nil {
 		return nil, explain(err, "list addresses")
 	}
@@ -163,6 +170,8 @@ func (p *Provisioner) links() *links {
 // there is left alone, so a second run changes nothing. With dryRun nothing
 // is changed and missing addresses are reported as WouldAdd.
 func (p *Provisioner) Ensure(wants []Want, dryRun bool) ([]Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	ha, err := p.dump()
 	if err != nil {
 		return nil, err
@@ -205,6 +214,7 @@ func (p *Provisioner) Ensure(wants []Want, dryRun bool) ([]Result, error) {
 	if err != nil {
 		return results, err
 	}
+	added := false
 	for i, e := range errs {
 		r := &results[addAt[i]]
 		if e != nil {
@@ -213,6 +223,12 @@ func (p *Provisioner) Ensure(wants []Want, dryRun bool) ([]Result, error) {
 		}
 		r.Status = Added
 		st.add(r.Prefix, r.Interface)
+		added = true
+	}
+	// Nothing added (every add refused, e.g. without CAP_NET_ADMIN): the
+	// record is unchanged and the state directory need not be writable.
+	if !added {
+		return results, nil
 	}
 	if err := st.save(p.stateDir); err != nil {
 		return results, err
@@ -223,6 +239,8 @@ func (p *Provisioner) Ensure(wants []Want, dryRun bool) ([]Result, error) {
 // Prune removes addresses vipmilter added earlier (per its state file) that
 // wants no longer declares. Addresses it did not add are never touched.
 func (p *Provisioner) Prune(wants []Want, dryRun bool) ([]Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	st, err := loadState(p.stateDir)
 	if err != nil {
 		return nil, err
@@ -257,9 +275,19 @@ func (p *Provisioner) Prune(wants []Want, dryRun bool) ([]Result, error) {
 		case dryRun:
 			r.Status = WouldDrop
 		default:
-			if err := p.h.AddrDel(lk, nlAddr(o.Prefix, lk.Attrs().Name)); err != nil {
+			err := p.h.AddrDel(lk, nlAddr(o.Prefix, lk.Attrs().Name))
+			switch {
+			case errors.Is(err, unix.EADDRNOTAVAIL):
+				// The kernel matches the IPv4 label on delete: the address
+				// is there without vipmilter's label, so someone configured
+				// it again by hand. It is theirs now; forget it.
+				p.log.Info("address re-configured by someone else; no longer vipmilter's", "address", o.Prefix.String(), "interface", o.Interface)
+				st.remove(o.Prefix, o.Interface)
+				changed = true
+				continue
+			case err != nil:
 				r.Status, r.Err = Failed, explain(err, "remove address")
-			} else {
+			default:
 				r.Status = Removed
 				st.remove(o.Prefix, o.Interface)
 				changed = true

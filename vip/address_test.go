@@ -167,3 +167,28 @@ func TestLabel(t *testing.T) {
 		}
 	}
 }
+
+// TestProvisionPruneForgetsReconfiguredAddress: an address vipmilter added that an
+// administrator then configured again by hand (without vipmilter's label)
+// is theirs: prune leaves it and forgets it.
+func TestProvisionPruneForgetsReconfiguredAddress(t *testing.T) {
+	n := newTestNS(t)
+	dir := t.TempDir()
+	p := newProv(t, n, dir, nil)
+	if _, err := p.Ensure([]Want{want("A", "eth0", "192.0.2.10/32")}, false); err != nil {
+		t.Fatal(err)
+	}
+	ip(t, "-n", n.name, "addr", "del", "192.0.2.10/32", "dev", "eth0")
+	ip(t, "-n", n.name, "addr", "add", "192.0.2.10/32", "dev", "eth0")
+	rs, err := p.Prune(nil, false)
+	if err != nil || len(rs) != 0 {
+		t.Fatalf("prune: %v %v", rs, err)
+	}
+	if !strings.Contains(n.addrs(t, "eth0"), "192.0.2.10/32") {
+		t.Error("prune removed an address an administrator configured")
+	}
+	st, err := loadState(dir)
+	if err != nil || len(st.Added) != 0 {
+		t.Errorf("state still claims the address: %+v %v", st, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -18,69 +19,135 @@ import (
 // sieve.Liveness: a group skips members whose address is missing. Reading
 // addresses and subscribing to their events needs no privilege, so the
 // milter does it as its unprivileged user.
+//
+// Live is called for every message, so it only takes a read lock and looks
+// up a map; the netlink work happens on one goroutine of its own.
 type Presence struct {
 	mu    sync.RWMutex
 	addrs map[netip.Addr]bool
 	log   *slog.Logger
+	ns    *netns.NsHandle // nil: the current namespace
+	// rcvbuf is the subscription's receive buffer (0: the system default);
+	// tests shrink it to make the kernel drop events.
+	rcvbuf int
 
-	// Changes counts address events seen, for tests and metrics.
+	// Changes counts addresses that appeared or disappeared, for tests
+	// and metrics.
 	Changes atomic.Uint64
+	// Resyncs counts full re-listings after address events were lost.
+	Resyncs atomic.Uint64
 }
 
 // NewPresence starts watching host addresses until ctx is done.
 func NewPresence(ctx context.Context) (*Presence, error) {
-	return newPresence(ctx, nil, slog.Default())
+	// The milter has no CAP_NET_ADMIN, so the buffer is capped at
+	// net.core.rmem_max; an overflow costs a re-listing, nothing more.
+	return newPresence(ctx, nil, slog.Default(), eventBuffer)
 }
 
-func newPresence(ctx context.Context, ns *netns.NsHandle, log *slog.Logger) (*Presence, error) {
-	p := &Presence{addrs: map[netip.Addr]bool{}, log: log}
-	updates := make(chan netlink.AddrUpdate, 256)
+func newPresence(ctx context.Context, ns *netns.NsHandle, log *slog.Logger, rcvbuf int) (*Presence, error) {
+	p := &Presence{addrs: map[netip.Addr]bool{}, log: log, ns: ns, rcvbuf: rcvbuf}
+	updates, done, err := p.sync(false)
+	if err != nil {
+		return nil, err
+	}
+	go p.run(ctx, updates, done)
+	return p, nil
+}
+
+// sync subscribes to address events, then lists the host's addresses and
+// replaces the set with the listing. Subscribing first leaves no gap: a
+// change after the listing arrives as an event, one before it is in the
+// listing (and its event, applied after, agrees). With logChanges, the
+// differences from the previous set are counted and logged, as after lost
+// events.
+func (p *Presence) sync(logChanges bool) (<-chan netlink.AddrUpdate, chan struct{}, error) {
+	updates := make(chan netlink.AddrUpdate, 1024)
 	done := make(chan struct{})
-	// Subscribing with ListExisting sends the current addresses first, so
-	// there is no gap between a listing and the subscription.
 	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-		Namespace:    ns,
-		ListExisting: true,
+		Namespace:         p.ns,
+		ReceiveBufferSize: p.rcvbuf,
 		ErrorCallback: func(err error) {
-			log.Error("address events lost; binding liveness may be stale", "err", err)
+			select {
+			case <-done: // closed by us: the receive error is the close
+			default:
+				p.log.Warn("address events", "err", err)
+			}
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("watch host addresses: %w", err)
+		close(done)
+		return nil, nil, fmt.Errorf("watch host addresses: %w", err)
 	}
 	h := &netlink.Handle{}
-	if ns != nil {
-		if h, err = netlink.NewHandleAt(*ns); err != nil {
+	if p.ns != nil {
+		if h, err = netlink.NewHandleAt(*p.ns); err != nil {
 			close(done)
-			return nil, fmt.Errorf("watch host addresses: %w", err)
+			return nil, nil, fmt.Errorf("watch host addresses: %w", err)
 		}
+		defer h.Close()
 	}
-	list, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	list, err := listAddrs(h)
 	if err != nil {
 		close(done)
-		return nil, fmt.Errorf("list host addresses: %w", err)
+		return nil, nil, fmt.Errorf("list host addresses: %w", err)
 	}
-	// The listing is authoritative at start; events then keep it current.
+	now := make(map[netip.Addr]bool, len(list))
 	for _, a := range list {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			p.addrs[ip.Unmap()] = true
+			now[ip.Unmap()] = true
 		}
 	}
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case u, ok := <-updates:
-				if !ok {
-					return
-				}
-				p.apply(u)
+	p.mu.Lock()
+	old := p.addrs
+	p.addrs = now
+	p.mu.Unlock()
+	if logChanges {
+		for a := range old {
+			if !now[a] {
+				p.changed(a, false)
 			}
 		}
-	}()
-	return p, nil
+		for a := range now {
+			if !old[a] {
+				p.changed(a, true)
+			}
+		}
+	}
+	return updates, done, nil
+}
+
+// run applies events until ctx is done. When the kernel drops events (the
+// subscription's buffer overflowed and the library ends it), the set can no
+// longer be trusted: it subscribes again and re-lists.
+func (p *Presence) run(ctx context.Context, updates <-chan netlink.AddrUpdate, done chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			close(done)
+			return
+		case u, ok := <-updates:
+			if ok {
+				p.apply(u)
+				continue
+			}
+			close(done)
+			p.Resyncs.Add(1)
+			p.log.Warn("address events lost; listing host addresses again")
+			for {
+				var err error
+				if updates, done, err = p.sync(true); err == nil {
+					break
+				}
+				p.log.Error("binding liveness may be stale", "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+			}
+		}
+	}
 }
 
 func (p *Presence) apply(u netlink.AddrUpdate) {
@@ -101,9 +168,13 @@ func (p *Presence) apply(u netlink.AddrUpdate) {
 	after := p.addrs[ip]
 	p.mu.Unlock()
 	if before != after {
-		p.Changes.Add(1)
-		p.log.Info("host address changed", "address", ip.String(), "present", after)
+		p.changed(ip, after)
 	}
+}
+
+func (p *Presence) changed(a netip.Addr, present bool) {
+	p.Changes.Add(1)
+	p.log.Info("host address changed", "address", a.String(), "present", present)
 }
 
 // Has reports whether a is configured on the host.

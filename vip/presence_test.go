@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vipmilter/vipmilter/config"
@@ -20,7 +22,7 @@ func TestGroupLiveness(t *testing.T) {
 	ip(t, "-n", n.name, "addr", "add", "192.0.2.32/32", "dev", "eth0")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	pres, err := newPresence(ctx, &n.ns, slog.New(slog.DiscardHandler))
+	pres, err := newPresence(ctx, &n.ns, slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,5 +68,54 @@ Binding "Alone" { Bind_Address = 192.0.2.40  Match_Domain = alone.example }
 	}
 	if pres.Changes.Load() < 2 {
 		t.Errorf("presence counted %d changes, want at least 2", pres.Changes.Load())
+	}
+}
+
+// TestPresenceSeesAddressDisappear: presence follows deletions and
+// additions, and re-lists the host's addresses when the kernel drops events
+// (a tiny receive buffer and thousands of changes at once).
+func TestPresenceSeesAddressDisappear(t *testing.T) {
+	cases := []struct {
+		name   string
+		rcvbuf int
+	}{
+		{"events", 0},
+		{"events lost", 1}, // the kernel's minimum: a batch overflows it
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			n := newTestNS(t)
+			ip(t, "-n", n.name, "addr", "add", "192.0.2.31/32", "dev", "eth0")
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			pres, err := newPresence(ctx, &n.ns, slog.New(slog.DiscardHandler), c.rcvbuf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := netip.MustParseAddr("192.0.2.31")
+			b := &config.Binding{Name: "B", Addresses: []netip.Prefix{netip.PrefixFrom(a, 32)}}
+			if !pres.Live(b) {
+				t.Fatal("address present at start, binding not live")
+			}
+			ip(t, "-n", n.name, "addr", "del", "192.0.2.31/32", "dev", "eth0")
+			eventually(t, "presence to see the address disappear", func() bool { return !pres.Live(b) })
+
+			// Thousands of changes at once, then the binding's address.
+			batch := filepath.Join(t.TempDir(), "batch")
+			var sb strings.Builder
+			for i := range 2000 {
+				fmt.Fprintf(&sb, "addr add 10.77.%d.%d/32 dev eth0\n", i/250, i%250+1)
+			}
+			sb.WriteString("addr add 192.0.2.31/32 dev eth0\n")
+			writeFile(t, batch, sb.String())
+			ip(t, "-n", n.name, "-batch", batch)
+			eventually(t, "presence to see every address", func() bool {
+				return pres.Live(b) && pres.Has(netip.MustParseAddr("10.77.7.250"))
+			})
+			if c.rcvbuf != 0 && pres.Resyncs.Load() == 0 {
+				t.Log("the kernel dropped no event; the resync path was not exercised")
+			}
+			t.Logf("changes %d, resyncs %d", pres.Changes.Load(), pres.Resyncs.Load())
+		})
 	}
 }

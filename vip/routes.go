@@ -42,6 +42,8 @@ func (r RouteResult) String() string {
 // from ADDR"). It reports addresses that are not on the host, have no route,
 // or whose route leaves by another interface than the binding's.
 func (p *Provisioner) CheckRoutes(wants []Want, probes []netip.Addr) []RouteResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var rs []RouteResult
 	// The kernel answers a lookup from a foreign source address with
 	// EINVAL or ENETUNREACH depending on the routes; checking presence

@@ -67,6 +67,11 @@ func (s *state) save(dir string) error {
 		return fmt.Errorf("state file: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	// Not secret, and administrators read it to see what --prune may touch.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("state file: %w", err)
+	}
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
 		tmp.Close()
 		return fmt.Errorf("state file: %w", err)

@@ -1,9 +1,12 @@
 package vip
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -21,14 +24,14 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestWatchReaddsDeletedAddress(t *testing.T) {
+func TestProvisionWatchReaddsDeletedAddress(t *testing.T) {
 	n := newTestNS(t)
 	p := newProv(t, n, t.TempDir(), slog.New(slog.DiscardHandler))
 	ws := []Want{want("Example", "eth0", "192.0.2.10/32"), want("Example", "eth0", "2001:db8::10/128")}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	errc := make(chan error, 1)
-	go func() { errc <- p.Watch(ctx, &n.ns, func() []Want { return ws }, func() { close(ready) }) }()
+	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
 	select {
 	case <-ready:
 	case err := <-errc:
@@ -48,4 +51,60 @@ func TestWatchReaddsDeletedAddress(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatalf("watch returned %v", err)
 	}
+}
+
+// TestProvisionWatchSurvivesFlush: "ip addr flush" of thousands of binding
+// addresses, with an event buffer so small that the kernel drops events:
+// the watcher subscribes again and puts every address back.
+func TestProvisionWatchSurvivesFlush(t *testing.T) {
+	n := newTestNS(t)
+	var logs syncBuffer
+	p := newProv(t, n, t.TempDir(), slog.New(slog.NewTextHandler(&logs, nil)))
+	p.rcvbuf = 1 // the kernel's minimum
+	var ws []Want
+	for i := range 2000 {
+		ws = append(ws, want(fmt.Sprintf("b%d", i), "eth0", fmt.Sprintf("10.77.%d.%d/32", i/250, i%250+1)))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		t.Fatal(err)
+	}
+	count := func() int { return strings.Count(n.addrs(t, "eth0"), "inet 10.77.") }
+	if c := count(); c != len(ws) {
+		t.Fatalf("after the first pass %d addresses, want %d", c, len(ws))
+	}
+	ip(t, "-n", n.name, "addr", "flush", "dev", "eth0")
+	eventually(t, "every address back after the flush", func() bool { return count() == len(ws) })
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("watch returned %v", err)
+	}
+	if !strings.Contains(logs.String(), "disappeared; added it again") {
+		t.Errorf("no log line says an address was re-added:\n%.2000s", logs.String())
+	}
+	t.Logf("events lost and resubscribed: %v", strings.Contains(logs.String(), "address events lost"))
+}
+
+// syncBuffer is a bytes.Buffer the watcher's goroutine and the test can
+// share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

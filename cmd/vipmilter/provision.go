@@ -86,17 +86,20 @@ func cmdProvision(c *cli, args []string) error {
 // when any declared address is not on the host.
 func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bool) (failed bool, err error) {
 	wants := vip.Wants(cfg)
+	// Prune first: a binding address moved to another interface is then
+	// removed from the old one before Ensure adds it to the new one, in
+	// one run.
+	var pruned []vip.Result
+	if prune {
+		if pruned, err = p.Prune(wants, dry); err != nil {
+			return true, err
+		}
+	}
 	rs, err := p.Ensure(wants, dry)
 	if err != nil {
 		return true, err
 	}
-	if prune {
-		pr, err := p.Prune(wants, dry)
-		if err != nil {
-			return true, err
-		}
-		rs = append(rs, pr...)
-	}
+	rs = append(rs, pruned...)
 	for _, r := range rs {
 		fmt.Fprintln(c.stdout, r)
 		failed = failed || r.Status == vip.Failed
@@ -121,7 +124,7 @@ func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config,
 	defer signal.Stop(sigs)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- p.Watch(ctx, nil, wants, func() {
+		errc <- p.Watch(ctx, wants, func() {
 			daemon.SdNotify(false, daemon.SdNotifyReady)
 			log.Info("watching binding addresses", "addresses", len(wants()))
 		})

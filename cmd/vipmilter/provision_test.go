@@ -3,68 +3,139 @@ package main
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
-// TestProvisionCommand runs the real binary inside a namespace the test
-// creates: output lines, summary, exit status, --dry-run, --prune, and
-// check --routes.
-func TestProvisionCommand(t *testing.T) {
+// provisionEnv is a network namespace with a veth pair eth0/eth1 (eth0 with
+// a default IPv4 route), a world-readable directory holding a copy of the
+// test binary (which runs vipmilter's main, see TestMain) and a binding
+// file. Nothing the tests do reaches the host's own interfaces.
+type provisionEnv struct {
+	t    *testing.T
+	ns   string
+	dir  string
+	bin  string
+	conf string
+}
+
+func newProvisionEnv(t *testing.T) *provisionEnv {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
-			t.Fatal("needs root to create a network namespace; CI must run this test")
+			t.Fatal("needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a network namespace; CI must run this test")
 		}
 		t.Skip("needs root to create a network namespace")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "vipmilter")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	// Not t.TempDir: its parent is private to root, and one test runs the
+	// binary as nobody.
+	dir, err := os.MkdirTemp("", "vipprov")
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "vipmilter")
+	copyFile(t, self, bin, 0o755)
 	b := make([]byte, 4)
 	rand.Read(b)
-	ns := "vipc-" + hex.EncodeToString(b)
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	sh("ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-	sh("ip", "-n", ns, "link", "set", "eth0", "up")
-	sh("ip", "-n", ns, "link", "set", "eth1", "up")
-	sh("ip", "-n", ns, "addr", "add", "10.99.0.1/24", "dev", "eth0")
-	sh("ip", "-n", ns, "route", "add", "default", "via", "10.99.0.254")
+	e := &provisionEnv{t: t, ns: "vipc-" + hex.EncodeToString(b), dir: dir, bin: bin, conf: filepath.Join(dir, "vipmilter.conf")}
+	e.sh("ip", "netns", "add", e.ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", e.ns).Run() })
+	e.sh("ip", "-n", e.ns, "link", "set", "lo", "up")
+	e.sh("ip", "-n", e.ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	e.sh("ip", "-n", e.ns, "link", "set", "eth0", "up")
+	e.sh("ip", "-n", e.ns, "link", "set", "eth1", "up")
+	e.sh("ip", "-n", e.ns, "addr", "add", "10.99.0.1/24", "dev", "eth0")
+	e.sh("ip", "-n", e.ns, "route", "add", "default", "via", "10.99.0.254")
+	return e
+}
 
-	conf := filepath.Join(dir, "vipmilter.conf")
-	write := func(s string) {
-		t.Helper()
-		if err := os.WriteFile(conf, []byte("Interface = eth0\nState_Dir = "+filepath.Join(dir, "state")+"\n"+s), 0o644); err != nil {
-			t.Fatal(err)
-		}
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
 	}
-	run := func(args ...string) (int, string) {
-		t.Helper()
-		cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
-		out, err := cmd.CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return code, string(out)
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
 	}
-	two := `Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *provisionEnv) sh(args ...string) string {
+	e.t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// write replaces the binding file: bindings on eth0, state in the
+// directory.
+func (e *provisionEnv) write(bindings string) {
+	e.t.Helper()
+	s := "Interface = eth0\nState_Dir = " + filepath.Join(e.dir, "state") + "\n" + bindings
+	if err := os.WriteFile(e.conf, []byte(s), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// command is vipmilter with args, run inside the namespace, optionally
+// through a wrapper (setpriv) between "ip netns exec" and the binary.
+func (e *provisionEnv) command(wrap []string, args ...string) *exec.Cmd {
+	argv := append([]string{"netns", "exec", e.ns}, wrap...)
+	cmd := exec.Command("ip", append(append(argv, e.bin), args...)...)
+	cmd.Env = append(os.Environ(), serveChildEnv+"=1", "NOTIFY_SOCKET=", "VIPMILTER_CONFIG=")
+	return cmd
+}
+
+func (e *provisionEnv) run(wrap []string, args ...string) (int, string) {
+	e.t.Helper()
+	out, err := e.command(wrap, args...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	return code, string(out)
+}
+
+func (e *provisionEnv) addrs(dev string) string {
+	return e.sh("ip", "-n", e.ns, "addr", "show", "dev", dev)
+}
+
+// TestProvisionCommand runs the real command inside a namespace the test
+// creates: output lines, summary, exit status, --dry-run, --prune, and
+// check --routes.
+func TestProvisionCommand(t *testing.T) {
+	e := newProvisionEnv(t)
+	conf := e.conf
+	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }
 Binding "B" { Bind_Address = 192.0.2.20 }
-`
-	write(two)
+`)
 	steps := []struct {
 		name string
 		conf string
@@ -76,14 +147,18 @@ Binding "B" { Bind_Address = 192.0.2.20 }
 		{"first run", "", []string{"provision", "-c", conf}, 0, []string{"added        192.0.2.10/32", "added        2001:db8::10/128", "3 added, 0 errors"}},
 		{"second run changes nothing", "", []string{"provision", "-c", conf}, 0, []string{"3 present, 0 errors"}},
 		{"routes", "", []string{"check", "-c", conf, "--routes"}, 1, []string{"ok   A 192.0.2.10 -> 198.51.100.1 via 10.99.0.254 dev eth0", "FAIL A 2001:db8::10 -> 2001:db8:ffff::1"}},
+		{"routes, IPv4 only", `Binding "A" { Bind_Address = 192.0.2.10 }
+Binding "B" { Bind_Address = 192.0.2.20 }`, []string{"check", "-c", conf, "--routes", "--probe", "203.0.113.7"}, 0, []string{"ok   B 192.0.2.20 -> 203.0.113.7 via 10.99.0.254 dev eth0"}},
 		{"prune after removing B", `Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }`, []string{"provision", "-c", conf, "--prune"}, 0, []string{"removed      192.0.2.20/32", "2 present, 1 removed, 0 errors"}},
+		{"move to another interface in one run", `Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10  Interface = eth1 }`, []string{"provision", "-c", conf, "--prune"}, 0, []string{"added        192.0.2.10/32                               on eth1", "removed      192.0.2.10/32                               on eth0", "2 added, 2 removed, 0 errors"}},
 		{"missing interface", `Binding "C" { Bind_Address = 192.0.2.30  Interface = nope0 }`, []string{"provision", "-c", conf}, 1, []string{`interface "nope0" does not exist`, "1 errors"}},
+		{"address on another interface", `Binding "D" { Bind_Address = 10.99.0.1  Interface = eth1 }`, []string{"provision", "-c", conf}, 1, []string{"already configured on interface eth0", "1 errors"}},
 	}
 	for _, s := range steps {
 		if s.conf != "" {
-			write(s.conf)
+			e.write(s.conf)
 		}
-		code, out := run(s.args...)
+		code, out := e.run(nil, s.args...)
 		if code != s.code {
 			t.Errorf("%s: exit %d, want %d\n%s", s.name, code, s.code, out)
 		}
@@ -93,8 +168,123 @@ Binding "B" { Bind_Address = 192.0.2.20 }
 			}
 		}
 	}
-	out, _ := exec.Command("ip", "-n", ns, "addr", "show", "dev", "eth0").CombinedOutput()
-	if strings.Contains(string(out), "192.0.2.20") || !strings.Contains(string(out), "10.99.0.1/24") {
-		t.Errorf("after prune: want 192.0.2.20 gone and the foreign 10.99.0.1 kept:\n%s", out)
+	eth0, eth1 := e.addrs("eth0"), e.addrs("eth1")
+	if strings.Contains(eth0, "192.0.2.") || !strings.Contains(eth0, "10.99.0.1/24") {
+		t.Errorf("eth0: want vipmilter's addresses gone and the foreign 10.99.0.1 kept:\n%s", eth0)
+	}
+	if !strings.Contains(eth1, "192.0.2.10/32 scope global eth1:vip") || !strings.Contains(eth1, "2001:db8::10/128") {
+		t.Errorf("eth1: want binding A's addresses:\n%s", eth1)
+	}
+}
+
+// TestProvisionWithoutPermission: run as nobody with no capabilities, the
+// kernel refuses every add and each line says CAP_NET_ADMIN is needed.
+func TestProvisionWithoutPermission(t *testing.T) {
+	e := newProvisionEnv(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("needs setpriv (util-linux) to drop privileges")
+	}
+	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }`)
+	nobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"}
+	stateDir := filepath.Join(e.dir, "nobody-state")
+	code, out := e.run(nobody, "provision", "-c", e.conf, "--state-dir", stateDir)
+	if code != 1 {
+		t.Errorf("exit %d, want 1\n%s", code, out)
+	}
+	if n := strings.Count(out, "CAP_NET_ADMIN"); n != 2 {
+		t.Errorf("%d lines mention CAP_NET_ADMIN, want 2:\n%s", n, out)
+	}
+	if !strings.Contains(out, "\n2 errors\n") {
+		t.Errorf("summary:\n%s", out)
+	}
+	if _, err := os.Stat(stateDir); err == nil {
+		t.Error("a run that added nothing wrote a state file")
+	}
+}
+
+// TestProvisionWatchCommand: --watch tells systemd it is ready, re-adds a
+// deleted address, re-reads the file on SIGHUP and exits 0 on SIGTERM.
+func TestProvisionWatchCommand(t *testing.T) {
+	e := newProvisionEnv(t)
+	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }`)
+	notify := filepath.Join(e.dir, "notify")
+	sd, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sd.Close()
+	cmd := e.command(nil, "provision", "-c", e.conf, "--watch")
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+notify)
+	var stderr, stdout lockedBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{}) // closed when Wait returns, with waitErr set
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	// "ip netns exec" execs the command, so cmd.Process is vipmilter.
+	notified := func(want string) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		sd.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			n, err := sd.Read(buf)
+			if err != nil {
+				t.Fatalf("waiting for sd_notify %q: %v\nstderr:\n%s", want, err, stderr.String())
+			}
+			if strings.Contains(string(buf[:n]), want) {
+				return
+			}
+		}
+	}
+	notified("READY=1")
+	if out := e.addrs("eth0"); !strings.Contains(out, "192.0.2.10/32") || !strings.Contains(out, "2001:db8::10/128") {
+		t.Fatalf("ready before the addresses are on eth0:\n%s", out)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s\nstderr:\n%s", what, stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	e.sh("ip", "-n", e.ns, "addr", "del", "192.0.2.10/32", "dev", "eth0")
+	waitFor("192.0.2.10 re-added", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.10/32") })
+	waitFor("a log line saying so", func() bool { return strings.Contains(stderr.String(), "disappeared; added it again") })
+
+	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }
+Binding "B" { Bind_Address = 192.0.2.40 }`)
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	notified("RELOADING=1")
+	notified("READY=1")
+	waitFor("192.0.2.40 added after SIGHUP", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.40/32") })
+	e.sh("ip", "-n", e.ns, "addr", "del", "192.0.2.40/32", "dev", "eth0")
+	waitFor("the reloaded binding's address re-added", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.40/32") })
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("exit after SIGTERM: %v\nstderr:\n%s", waitErr, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("still running 20s after SIGTERM")
+	}
+	// The start and the reload each print a summary (the reload's says
+	// "1 added" unless the watcher, reading the new file, got there first).
+	if n := strings.Count(stdout.String(), ", 0 errors"); n != 2 {
+		t.Errorf("want 2 summaries, start and reload, got %d:\n%s", n, stdout.String())
 	}
 }
