@@ -66,7 +66,7 @@ type Pos struct {
 type Config struct {
 	File string // absolute path of the binding file
 
-	MilterListen    string            // Postfix notation: "unix:/path" or "inet:host:port" / "inet6:[addr]:port"
+	MilterListen    Listen            // where the milter listens; default DefaultMilterListen
 	SieveScript     string            // absolute path, "" when no script is configured
 	BindingHeader   string            // header the milter writes, default "X-Binding"
 	OnPolicyError   PolicyErrorAction // default "default"

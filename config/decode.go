@@ -75,7 +75,7 @@ func (d *decoder) warnf(pos Pos, keyword, format string, args ...any) {
 func decode(name string, nodes []*Node) (*Config, error) {
 	cfg := &Config{
 		File:            name,
-		MilterListen:    DefaultMilterListen,
+		MilterListen:    MustParseListen(DefaultMilterListen),
 		BindingHeader:   DefaultBindingHeader,
 		OnPolicyError:   PolicyErrorDefault,
 		OnMilterDown:    MilterDownAccept,

@@ -64,39 +64,12 @@ func (d *decoder) intIn(n *Node, lo, hi int) (int, bool) {
 }
 
 func setMilterListen(d *decoder, n *Node, _ *values) {
-	if err := checkMilterListen(n.Value); err != "" {
-		d.bad(n, "%q: %s", n.Value, err)
+	l, err := ParseListen(n.Value)
+	if err != nil {
+		d.bad(n, "%v", err)
 		return
 	}
-	d.cfg.MilterListen = n.Value
-}
-
-// checkMilterListen accepts Postfix's milter address notation.
-func checkMilterListen(s string) string {
-	kind, rest, ok := strings.Cut(s, ":")
-	if !ok {
-		return "want unix:/path, inet:host:port or inet6:[addr]:port"
-	}
-	switch kind {
-	case "unix", "local":
-		if !filepath.IsAbs(rest) || strings.ContainsAny(rest, " \t\n,") {
-			return "a unix socket needs an absolute path without spaces or commas"
-		}
-		return ""
-	case "inet", "inet6":
-		host, port, err := net.SplitHostPort(rest)
-		if err != nil {
-			return "want " + kind + ":host:port (" + err.Error() + ")"
-		}
-		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return "port must be a number from 1 to 65535"
-		}
-		if _, err := netip.ParseAddr(host); err != nil && !ValidHostname(host) {
-			return "host must be an IP address or host name"
-		}
-		return ""
-	}
-	return "unknown socket type " + strconv.Quote(kind) + "; want unix, inet or inet6"
+	d.cfg.MilterListen = l
 }
 
 func setSieveScript(d *decoder, n *Node, _ *values) {

@@ -71,7 +71,7 @@ func benchServe(b *testing.B, kind, network string, d Decider) *gomilter.Client 
 		addr = "unix:" + filepath.Join(b.TempDir(), "m.sock")
 	}
 	s := New(d, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ln, err := s.Listen(addr)
+	ln, err := s.Listen(config.MustParseListen(addr))
 	if err != nil {
 		b.Fatal(err)
 	}

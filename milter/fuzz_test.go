@@ -410,7 +410,7 @@ func startFuzzServer(tb testing.TB) (*Server, string) {
 	tb.Helper()
 	srv := New(fuzzPolicy(tb), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	sock := filepath.Join(tb.TempDir(), "m.sock")
-	ln, err := srv.Listen("unix:" + sock)
+	ln, err := srv.Listen(config.MustParseListen("unix:" + sock))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -66,7 +66,7 @@ func start(t *testing.T, s *Server, network string) *gomilter.Client {
 	if network == "unix" {
 		addr = "unix:" + filepath.Join(t.TempDir(), "m.sock")
 	}
-	ln, err := s.Listen(addr)
+	ln, err := s.Listen(config.MustParseListen(addr))
 	if err != nil {
 		t.Fatal(err)
 	}

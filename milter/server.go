@@ -90,43 +90,29 @@ func protocol(body bool) gomilter.OptProtocol {
 	return p
 }
 
-// Listen opens addr in Postfix notation (unix:/path, local:/path,
-// inet:host:port, inet6:[addr]:port). A stale unix socket is removed first
-// and removed again by Shutdown.
-func (s *Server) Listen(addr string) (net.Listener, error) {
-	kind, rest, ok := strings.Cut(addr, ":")
-	if !ok {
-		return nil, fmt.Errorf("milter listen %q: want unix:/path or inet:host:port", addr)
-	}
-	switch kind {
-	case "unix", "local":
-		if fi, err := os.Lstat(rest); err == nil && fi.Mode()&fs.ModeSocket != 0 {
-			os.Remove(rest)
+// Listen opens addr. A stale unix socket is removed first and removed
+// again by Shutdown.
+func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
+	if path := addr.Path(); path != "" {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
+			os.Remove(path)
 		}
-		ln, err := net.Listen("unix", rest)
+		ln, err := net.Listen("unix", path)
 		if err != nil {
-			return nil, fmt.Errorf("milter listen %q: %w", addr, err)
+			return nil, fmt.Errorf("milter listen %s: %w", addr, err)
 		}
 		ln.(*net.UnixListener).SetUnlinkOnClose(true)
-		if err := os.Chmod(rest, SocketMode); err != nil {
+		if err := os.Chmod(path, SocketMode); err != nil {
 			ln.Close()
-			return nil, fmt.Errorf("milter socket %q: %w", rest, err)
-		}
-		return ln, nil
-	case "inet", "inet6":
-		host := strings.TrimSuffix(strings.TrimPrefix(rest, "["), "]")
-		if h, p, err := net.SplitHostPort(rest); err == nil {
-			host = net.JoinHostPort(h, p)
-		} else if i := strings.LastIndex(rest, ":"); i > 0 {
-			host = net.JoinHostPort(strings.Trim(rest[:i], "[]"), rest[i+1:])
-		}
-		ln, err := net.Listen("tcp", host)
-		if err != nil {
-			return nil, fmt.Errorf("milter listen %q: %w", addr, err)
+			return nil, fmt.Errorf("milter socket %q: %w", path, err)
 		}
 		return ln, nil
 	}
-	return nil, fmt.Errorf("milter listen %q: unknown kind %q", addr, kind)
+	ln, err := net.Listen(addr.Network, addr.Address)
+	if err != nil {
+		return nil, fmt.Errorf("milter listen %s: %w", addr, err)
+	}
+	return ln, nil
 }
 
 // Serve accepts connections on ln until Shutdown. Each connection is handed

@@ -14,7 +14,7 @@ import (
 
 func testConfig(bindings ...*config.Binding) *config.Config {
 	c := &config.Config{
-		File: "/etc/vipmilter/vipmilter.conf", MilterListen: "inet:127.0.0.1:8894",
+		File: "/etc/vipmilter/vipmilter.conf", MilterListen: config.MustParseListen("inet:127.0.0.1:8894"),
 		BindingHeader: "X-Binding", OnMilterDown: config.MilterDownAccept, TransportPrefix: "vip_",
 		Bindings: bindings,
 	}

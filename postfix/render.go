@@ -9,7 +9,6 @@ package postfix
 
 import (
 	"fmt"
-	"net/netip"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -341,28 +340,19 @@ func col(v string) string {
 // milterAddress renders Milter_Listen as an address Postfix's smtpd and
 // cleanup can reach. Chrooted daemons see the queue directory as "/", so a
 // unix socket must live under it and be named relative to it.
-func milterAddress(listen string, opts Options) (string, error) {
-	if listen == "" {
-		listen = "inet:127.0.0.1:8894"
-	}
-	path, ok := strings.CutPrefix(listen, "unix:")
-	if !ok {
-		if strings.HasPrefix(listen, "inet:") || strings.HasPrefix(listen, "inet6:") {
-			return listen, nil
-		}
-		if _, err := netip.ParseAddrPort(listen); err == nil {
-			return "inet:" + listen, nil
-		}
-		return "", fmt.Errorf("Milter_Listen %q: want unix:/path or inet:host:port", listen)
+func milterAddress(listen config.Listen, opts Options) (string, error) {
+	path := listen.Path()
+	if path == "" {
+		return listen.String(), nil
 	}
 	if opts.MilterChrootMixed {
 		return "", fmt.Errorf("Milter_Listen %q: smtpd and cleanup differ in chroot in master.cf, so no unix socket path works for both; use inet:127.0.0.1:PORT", listen)
 	}
 	if !opts.MilterChrooted {
-		return listen, nil
+		return listen.String(), nil
 	}
 	q := filepath.Clean(opts.QueueDir)
-	rel, err := filepath.Rel(q, filepath.Clean(path))
+	rel, err := filepath.Rel(q, path)
 	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
 		return "", fmt.Errorf("Milter_Listen %q: smtpd and cleanup run chrooted in %s (master.cf chroot column) and cannot reach a socket outside it; put the socket under %s (e.g. unix:%s) or use inet:127.0.0.1:PORT",
 			listen, q, q, filepath.Join(q, "vipmilter", "milter.sock"))

@@ -135,7 +135,7 @@ func TestRender(t *testing.T) {
 			name: "unix socket inside the chroot is named as the jail sees it",
 			cfg: func() *config.Config {
 				c := testConfig(binding("u", "192.0.2.10"))
-				c.MilterListen = "unix:/var/spool/postfix/vipmilter/milter.sock"
+				c.MilterListen = config.MustParseListen("unix:/var/spool/postfix/vipmilter/milter.sock")
 				return c
 			},
 			opts: Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", MilterChrooted: true},
@@ -145,7 +145,7 @@ func TestRender(t *testing.T) {
 			name: "unix socket outside the chroot is refused",
 			cfg: func() *config.Config {
 				c := testConfig(binding("u", "192.0.2.10"))
-				c.MilterListen = "unix:/run/vipmilter/milter.sock"
+				c.MilterListen = config.MustParseListen("unix:/run/vipmilter/milter.sock")
 				return c
 			},
 			opts: Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", MilterChrooted: true},
@@ -155,7 +155,7 @@ func TestRender(t *testing.T) {
 			name: "unix socket without chroot is rendered as is",
 			cfg: func() *config.Config {
 				c := testConfig(binding("u", "192.0.2.10"))
-				c.MilterListen = "unix:/run/vipmilter/milter.sock"
+				c.MilterListen = config.MustParseListen("unix:/run/vipmilter/milter.sock")
 				return c
 			},
 			want: []string{"main non_smtpd_milters = unix:/run/vipmilter/milter.sock"},
@@ -164,7 +164,7 @@ func TestRender(t *testing.T) {
 			name: "mixed chroot refused",
 			cfg: func() *config.Config {
 				c := testConfig(binding("u", "192.0.2.10"))
-				c.MilterListen = "unix:/var/spool/postfix/m.sock"
+				c.MilterListen = config.MustParseListen("unix:/var/spool/postfix/m.sock")
 				return c
 			},
 			opts: Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", MilterChrootMixed: true},

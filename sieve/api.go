@@ -12,6 +12,7 @@ package sieve
 
 import (
 	"net/textproto"
+	"strings"
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
@@ -92,4 +93,23 @@ type Needs struct {
 // provisioning side (package vip) implements it; nil means "all live".
 type Liveness interface {
 	Live(b *config.Binding) bool
+}
+
+// AddHeader records one header field of the message as the MTA passed it
+// (value possibly folded, with the leading space after the colon). Every
+// source of a Message — the milter on Postfix or Sendmail, "vipmilter test"
+// reading a file — calls it once per field, in order, so the policy sees
+// one view built one way.
+func (m *Message) AddHeader(name, value string) {
+	if m.Header == nil {
+		m.Header = make(textproto.MIMEHeader)
+	}
+	m.Header.Add(name, headerValue(value))
+}
+
+// headerValue unfolds a raw field value (RFC 5322 §2.2.3) and trims the
+// white space around it.
+func headerValue(v string) string {
+	v = strings.NewReplacer("\r\n", "", "\n", "", "\r", "").Replace(v)
+	return strings.TrimSpace(v)
 }

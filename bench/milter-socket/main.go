@@ -272,7 +272,7 @@ Binding "Example" { Bind_Address = 192.0.2.10  Match_Domain = example.com }
 		return err
 	}
 	srv := milter.New(pol, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ln, err := srv.Listen(listen)
+	ln, err := srv.Listen(config.MustParseListen(listen))
 	if err != nil {
 		return err
 	}

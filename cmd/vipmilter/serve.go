@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -167,8 +166,8 @@ func serveListener(srv *milter.Server, cfg *config.Config) (net.Listener, error)
 				// Postfix dials what "vipmilter postfix" rendered from
 				// Milter_Listen; a socket unit listening elsewhere would
 				// leave every message to On_Milter_Down.
-				if got := listenerAddress(ln); got != canonicalListen(cfg.MilterListen) {
-					slog.Warn("systemd passed a socket that differs from Milter_Listen; Postfix connects to Milter_Listen", "socket", got, "Milter_Listen", cfg.MilterListen)
+				if got := listenerAddress(ln); got != cfg.MilterListen.String() {
+					slog.Warn("systemd passed a socket that differs from Milter_Listen; Postfix connects to Milter_Listen", "socket", got, "Milter_Listen", cfg.MilterListen.String())
 				}
 				return ln, nil
 			}
@@ -212,17 +211,4 @@ func listenerAddress(ln net.Listener) string {
 		return "inet:" + net.JoinHostPort(a.IP.String(), strconv.Itoa(a.Port))
 	}
 	return ln.Addr().String()
-}
-
-// canonicalListen maps the accepted spellings of Milter_Listen (local:,
-// inet6:) to the form listenerAddress produces.
-func canonicalListen(s string) string {
-	kind, rest, _ := strings.Cut(s, ":")
-	switch kind {
-	case "local":
-		return "unix:" + rest
-	case "inet6":
-		return "inet:" + rest
-	}
-	return s
 }

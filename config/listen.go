@@ -1,0 +1,89 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Listen is a socket address written in Postfix's milter notation
+// (postconf(5) "smtpd_milters"): "unix:/path" (alias "local:/path"),
+// "inet:host:port" or "inet6:[addr]:port". It is parsed once, here; every
+// consumer (the milter's listener, the Postfix renderer, serve's systemd
+// socket check) uses the typed value.
+type Listen struct {
+	// Network is "unix" or "tcp" (net.Listen's names).
+	Network string
+	// Address is the absolute socket path for "unix", "host:port" for "tcp".
+	Address string
+}
+
+// IsZero reports whether l is unset.
+func (l Listen) IsZero() bool { return l.Network == "" }
+
+// String returns l in Postfix notation, canonical form: "unix:/path" or
+// "inet:host:port" ("inet:[v6addr]:port" for an IPv6 literal).
+func (l Listen) String() string {
+	switch l.Network {
+	case "unix":
+		return "unix:" + l.Address
+	case "tcp":
+		return "inet:" + l.Address
+	}
+	return ""
+}
+
+// Path is the socket path of a unix Listen, "" otherwise.
+func (l Listen) Path() string {
+	if l.Network == "unix" {
+		return l.Address
+	}
+	return ""
+}
+
+// ParseListen parses s in Postfix milter notation. A unix path must be
+// absolute and free of spaces and commas (Postfix splits lists on both); an
+// inet host is an IP address or a host name; the port is 1–65535.
+func ParseListen(s string) (Listen, error) {
+	kind, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return Listen{}, fmt.Errorf("%q: want unix:/path, inet:host:port or inet6:[addr]:port", s)
+	}
+	switch kind {
+	case "unix", "local":
+		if !filepath.IsAbs(rest) || strings.ContainsAny(rest, " \t\r\n,") {
+			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path without spaces or commas", s)
+		}
+		return Listen{Network: "unix", Address: filepath.Clean(rest)}, nil
+	case "inet", "inet6":
+		host, port, err := net.SplitHostPort(rest)
+		if err != nil {
+			return Listen{}, fmt.Errorf("%q: want %s:host:port (%v)", s, kind, err)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return Listen{}, fmt.Errorf("%q: port must be a number from 1 to 65535", s)
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			if a.Zone() != "" {
+				return Listen{}, fmt.Errorf("%q: an address with a zone cannot be written into Postfix's configuration", s)
+			}
+			host = a.String()
+		} else if !ValidHostname(host) {
+			return Listen{}, fmt.Errorf("%q: host must be an IP address or host name", s)
+		}
+		return Listen{Network: "tcp", Address: net.JoinHostPort(host, port)}, nil
+	}
+	return Listen{}, fmt.Errorf("%q: unknown socket type %q; want unix, inet or inet6", s, kind)
+}
+
+// MustParseListen is ParseListen for constants and tests; it panics on error.
+func MustParseListen(s string) Listen {
+	l, err := ParseListen(s)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
