@@ -84,7 +84,7 @@ Binding_Group "G" {
 		{"max body", cfg.MaxBodyBytes, int64(64 << 10)},
 		{"policy error", cfg.OnPolicyError, PolicyErrorTempfail},
 		{"keep header", cfg.KeepHeader, true},
-		{"default listen", cfg.MilterListen, DefaultMilterListen},
+		{"default listen", cfg.MilterListen.String(), DefaultMilterListen},
 		{"no warnings (one Match_Domain)", len(cfg.Warnings), 0},
 		{"no default binding", cfg.Default() == nil, true},
 	}

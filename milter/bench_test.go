@@ -66,12 +66,12 @@ func examplePolicy(tb testing.TB) *sieve.Policy {
 // "tcp") and returns a client negotiating like Postfix.
 func benchServe(b *testing.B, kind, network string, d Decider) *gomilter.Client {
 	b.Helper()
-	addr := "inet:127.0.0.1:0"
+	addr := config.Listen{Network: "tcp", Address: "127.0.0.1:0"}
 	if network == "unix" {
-		addr = "unix:" + filepath.Join(b.TempDir(), "m.sock")
+		addr = config.Listen{Network: "unix", Address: filepath.Join(b.TempDir(), "m.sock")}
 	}
 	s := New(d, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ln, err := s.Listen(config.MustParseListen(addr))
+	ln, err := s.Listen(addr)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -62,11 +62,11 @@ func newFake() *fakeDecider {
 // start serves s on a real unix or TCP socket and returns a client for it.
 func start(t *testing.T, s *Server, network string) *gomilter.Client {
 	t.Helper()
-	addr := "inet:127.0.0.1:0"
+	addr := config.Listen{Network: "tcp", Address: "127.0.0.1:0"}
 	if network == "unix" {
-		addr = "unix:" + filepath.Join(t.TempDir(), "m.sock")
+		addr = config.Listen{Network: "unix", Address: filepath.Join(t.TempDir(), "m.sock")}
 	}
-	ln, err := s.Listen(config.MustParseListen(addr))
+	ln, err := s.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
