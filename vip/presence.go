@@ -39,10 +39,13 @@ type Presence struct {
 }
 
 // NewPresence starts watching host addresses until ctx is done.
-func NewPresence(ctx context.Context) (*Presence, error) {
+func NewPresence(ctx context.Context, log *slog.Logger) (*Presence, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	// The milter has no CAP_NET_ADMIN, so the buffer is capped at
 	// net.core.rmem_max; an overflow costs a re-listing, nothing more.
-	return newPresence(ctx, nil, slog.Default(), eventBuffer)
+	return newPresence(ctx, nil, log, eventBuffer)
 }
 
 func newPresence(ctx context.Context, ns *netns.NsHandle, log *slog.Logger, rcvbuf int) (*Presence, error) {

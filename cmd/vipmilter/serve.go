@@ -186,7 +186,7 @@ func presence(ctx context.Context, log *slog.Logger) (live sieve.Liveness) {
 			live = nil
 		}
 	}()
-	p, err := vip.NewPresence(ctx)
+	p, err := vip.NewPresence(ctx, log)
 	if err != nil {
 		log.Warn("binding liveness unavailable; treating every binding as live", "err", err)
 		return nil
