@@ -79,6 +79,7 @@ type Config struct {
 	KeepHeader      bool              // Keep_Header_On_Delivery, default false
 	MetricsListen   string            // "host:port" for Prometheus metrics, "" = off
 	StateDir        string            // provisioner state, default "/var/lib/vipmilter"
+	HeaderKeyFile   string            // Binding_Header_Key: the per-install header secret, default DefaultHeaderKeyFile
 
 	// Bindings holds every binding in file order, group members included.
 	Bindings []*Binding

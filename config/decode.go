@@ -13,6 +13,7 @@ const (
 	DefaultMaxBodyBytes    = 1 << 20
 	DefaultTransportPrefix = "vip_"
 	DefaultStateDir        = "/var/lib/vipmilter"
+	DefaultHeaderKeyFile   = "/etc/vipmilter/binding-header.key"
 	DefaultMaxOutbound     = 32
 )
 
@@ -84,6 +85,7 @@ func decode(name string, nodes []*Node) (*Config, error) {
 		BindPrefix6:     128,
 		TransportPrefix: DefaultTransportPrefix,
 		StateDir:        DefaultStateDir,
+		HeaderKeyFile:   DefaultHeaderKeyFile,
 	}
 	d := &decoder{
 		cfg:      cfg,

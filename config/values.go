@@ -213,6 +213,14 @@ func setStateDir(d *decoder, n *Node, _ *values) {
 	d.cfg.StateDir = filepath.Clean(n.Value)
 }
 
+func setHeaderKeyFile(d *decoder, n *Node, _ *values) {
+	if !filepath.IsAbs(n.Value) {
+		d.bad(n, "%q: want an absolute path", n.Value)
+		return
+	}
+	d.cfg.HeaderKeyFile = filepath.Clean(n.Value)
+}
+
 func setSelection(d *decoder, n *Node, v *values) {
 	switch s := strings.ToLower(n.Value); s {
 	case "sticky", "random", "round_robin":
