@@ -38,6 +38,7 @@ func init() {
 		{"check", "[-c FILE] [--routes [--probe ADDR[,ADDR]]]", checkHelp, cmdCheck},
 		{"test", "[-c FILE] --from A --to B [--to C] [--auth U] [--remote-ip IP] [--helo H] [--json] [MESSAGE|-]", testHelp, cmdTest},
 		{"postfix", "[-c FILE] [--config-dir DIR] [--dry-run]", postfixHelp, cmdPostfix},
+		{"sendmail", "[-c FILE] [--config-dir DIR] [--queue-dir DIR] [--dry-run]", sendmailHelp, cmdSendmail},
 		{"provision", "[-c FILE] [--dry-run] [--prune] [--watch] [--state-dir DIR]", provisionHelp, cmdProvision},
 		{"version", "", "Print the version of vipmilter and of the libraries it was built with.", cmdVersion},
 		{"help", "[COMMAND]", "Print help for all commands or for one.", cmdHelp},

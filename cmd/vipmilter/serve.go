@@ -61,7 +61,12 @@ func cmdServe(c *cli, args []string) error {
 	}
 	logWarnings(log, cfg)
 
-	srv := milter.New(pol, log)
+	sm, err := startSendmailSide(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer sm.stop() // after the milter's shutdown: Sendmail asks right after end of message
+	srv := milter.New(sm.policy(pol), log)
 	ln, err := serveListener(srv, cfg)
 	if err != nil {
 		return err
@@ -93,7 +98,8 @@ func cmdServe(c *cli, args []string) error {
 			return fmt.Errorf("milter: %w", err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				cfg = reload(log, *path, live, cfg, srv)
+				cfg = reload(log, *path, live, cfg, sm.policySetter(srv))
+				sm.reload(cfg)
 				continue
 			}
 			log.Info("milter stopping", "signal", sig.String())
@@ -124,7 +130,7 @@ func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Polic
 
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server) *config.Config {
+func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv policySetter) *config.Config {
 	daemon.SdNotify(false, daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
 	defer daemon.SdNotify(false, daemon.SdNotifyReady)
 	cfg, pol, err := servePolicy(path, live)
