@@ -31,7 +31,7 @@ func Limitations(cfg *config.Config) []string {
 			add("binding %q: Max_Outbound_Connections = %d cannot be honoured: Sendmail has no per-destination connection limit", b.Name, b.MaxOutboundConnections)
 		}
 		if b.ServerMaxOutboundConnections > 0 {
-			add("binding %q: Server_Max_Outbound_Connections = %d becomes the Runners of queue group %s: it limits queue runs only, not the delivery Sendmail attempts when it accepts a message (unless DeliveryMode is queue), and ForkEachJob, which vipmilter.m4 sets so that bindings never share a cached connection, lets each runner fork one process per message", b.Name, b.ServerMaxOutboundConnections, QueueGroup(b))
+			add("binding %q: Server_Max_Outbound_Connections = %d becomes the Runners of queue group %s: it limits queue runs only, not the delivery Sendmail attempts when it accepts a message (unless DeliveryMode is queue), and not at all with ForkEachJob=True", b.Name, b.ServerMaxOutboundConnections, QueueGroup(b))
 		}
 		if b.Relay != "" {
 			add("binding %q: Relay = %s is not rendered for Sendmail; route with the site's SMART_HOST or mailertable (the source address still follows the binding)", b.Name, b.Relay)

@@ -191,13 +191,13 @@ func renderFragment(cfg *config.Config, o Options, dir string) string {
 	note("Host status is per destination host, not per source address: one")
 	note("binding's failures would hold back the others.")
 	w("undefine(`confHOST_STATUS_DIRECTORY')dnl\n")
-	note("Sendmail caches connections per host and mailer, not per source address:")
-	note("a process per job keeps each binding's mail on its own connections.")
-	w("define(`confSEPARATE_PROC', `True')dnl\n")
 	note("EHLO: the name the bound address resolves to.")
 	w("CLIENT_OPTIONS(`Family=inet, Modifiers=h')dnl\n")
 	w("CLIENT_OPTIONS(`Family=inet6, Modifiers=h')dnl\n")
-	note("One queue group per binding; Runners = Server_Max_Outbound_Connections.")
+	note("One queue group per binding: Sendmail caches connections per host and")
+	note("mailer, not per source address, and a queue group keeps each binding's")
+	note("queue runs, and so its cached connections, apart from the others.")
+	note("Runners = Server_Max_Outbound_Connections.")
 	for _, bd := range cfg.Bindings {
 		opts := "P=" + filepath.Join(queueDir(o), QueueGroup(bd))
 		if bd.ServerMaxOutboundConnections > 0 {

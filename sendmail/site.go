@@ -32,7 +32,6 @@ var siteRules = []struct {
 	{regexp.MustCompile(`CLIENT_OPTIONS\(`), "CLIENT_OPTIONS is set by vipmilter.m4 (Modifiers=h for per-binding EHLO); a second ClientPortOptions for the same family replaces the first; remove the site's line (a fixed Addr= would also fight the per-message source address)"},
 	{regexp.MustCompile("define\\(\\s*`?confHOST_STATUS_DIRECTORY"), "a host status directory is shared by all bindings (one binding's failures would hold the others back); vipmilter.m4 undefines it, so remove this line"},
 	{regexp.MustCompile("define\\(\\s*`?confSINGLE_THREAD_DELIVERY"), "single-threaded delivery needs the host status directory, which vipmilter.m4 turns off; remove it"},
-	{regexp.MustCompile("define\\(\\s*`?confSEPARATE_PROC'?\\s*,\\s*`?[Ff]"), "ForkEachJob=False lets one queue run reuse a connection for several bindings' mail; vipmilter.m4 sets it to True, so remove this line"},
 	{regexp.MustCompile("(INPUT_)?MAIL_FILTER\\(\\s*`?vipmilter'"), "a mail filter called vipmilter is already declared; vipmilter.m4 declares it, remove this one"},
 }
 
