@@ -17,12 +17,25 @@ type Result struct {
 	Created   []string // queue group directories created
 }
 
-// Apply writes files that differ from what is on disk (each atomically,
-// mode 0644) and creates the missing queue group directories with the
-// owner, group and mode of their parent, Sendmail's QueueDirectory. With
+// Apply creates the missing queue group directories, with the owner, group
+// and mode of their parent (Sendmail's QueueDirectory), and then writes the
+// files that differ from what is on disk, each atomically with mode 0644;
+// a missing QueueDirectory thus stops it before any file changes. With
 // dryRun it only reports. Running it twice changes nothing the second time.
 func Apply(files []File, queueDirs []string, dryRun bool) (*Result, error) {
 	res := &Result{}
+	for _, d := range queueDirs {
+		if _, err := os.Stat(d); err == nil {
+			continue
+		}
+		res.Created = append(res.Created, d)
+		if dryRun {
+			continue
+		}
+		if err := mkdirLike(d); err != nil {
+			return res, err
+		}
+	}
 	for _, f := range files {
 		old, err := os.ReadFile(f.Path)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -37,18 +50,6 @@ func Apply(files []File, queueDirs []string, dryRun bool) (*Result, error) {
 			continue
 		}
 		if err := replaceFile(f.Path, f.Data); err != nil {
-			return res, err
-		}
-	}
-	for _, d := range queueDirs {
-		if _, err := os.Stat(d); err == nil {
-			continue
-		}
-		res.Created = append(res.Created, d)
-		if dryRun {
-			continue
-		}
-		if err := mkdirLike(d); err != nil {
 			return res, err
 		}
 	}
