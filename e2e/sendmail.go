@@ -452,3 +452,53 @@ func SubmitSession(ctx context.Context, ns string, msgs []Message) error {
 	s.cmd("QUIT", 221)
 	return nil
 }
+
+// SendmailDebCache is where the Sendmail packages are kept between runs:
+// $VIPE2E_SENDMAIL_DEBS, else the user's cache directory.
+func SendmailDebCache() string {
+	if d := os.Getenv("VIPE2E_SENDMAIL_DEBS"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "vipmilter-e2e", "sendmail-debs")
+	}
+	return filepath.Join(os.TempDir(), "vipmilter-e2e-sendmail-debs")
+}
+
+// SendmailSocketmapListen is the Sendmail_Socketmap the harness adds to the
+// example binding file.
+const SendmailSocketmapListen = "inet:127.0.0.1:8895"
+
+// CopySendmailExamples copies vipmilter.conf and policy.sieve from examples
+// into dst, adding Sendmail_Socketmap, and returns the binding file's path.
+func CopySendmailExamples(examples, dst string) (string, error) {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return "", fmt.Errorf("examples copy: %w", err)
+	}
+	for _, f := range []string{"vipmilter.conf", "policy.sieve"} {
+		b, err := os.ReadFile(filepath.Join(examples, f))
+		if err != nil {
+			return "", fmt.Errorf("examples copy: %w", err)
+		}
+		if f == "vipmilter.conf" {
+			b = append([]byte("Sendmail_Socketmap = \""+SendmailSocketmapListen+"\"\n"), b...)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
+			return "", fmt.Errorf("examples copy: %w", err)
+		}
+	}
+	return filepath.Join(dst, "vipmilter.conf"), nil
+}
+
+// SendmailExampleCases are the example cases Sendmail can carry: the IPv6
+// one is left out, because a dual-stack binding's mail leaves over IPv4 on
+// Sendmail (sendmail.Family).
+func SendmailExampleCases(run string) []Case {
+	var out []Case
+	for _, c := range ExampleCases(run) {
+		if c.Msg.To[0] != Rcpt6 {
+			out = append(out, c)
+		}
+	}
+	return out
+}

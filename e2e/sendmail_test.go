@@ -31,17 +31,6 @@ func requireSendmailPrereqs(t *testing.T) {
 	}
 }
 
-// sendmailDebCache keeps the downloaded packages between runs.
-func sendmailDebCache() string {
-	if d := os.Getenv("VIPE2E_SENDMAIL_DEBS"); d != "" {
-		return d
-	}
-	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "vipmilter-e2e", "sendmail-debs")
-	}
-	return filepath.Join(os.TempDir(), "vipmilter-e2e-sendmail-debs")
-}
-
 // startSendmailSystem brings the Sendmail system up on a copy of examples/
 // with Sendmail_Socketmap set.
 func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
@@ -54,7 +43,7 @@ func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
 			t.Fatal(err)
 		}
 	}
-	dist, err := UnpackSendmail(ctx, sendmailDebCache(), filepath.Join(tmp, "dist"))
+	dist, err := UnpackSendmail(ctx, SendmailDebCache(), filepath.Join(tmp, "dist"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,24 +53,12 @@ func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
 			t.Fatal(err)
 		}
 	}
-	conf := filepath.Join(tmp, "conf")
-	if err := os.MkdirAll(conf, 0o755); err != nil {
+	conf, err := CopySendmailExamples(filepath.Join(repoRoot(t), "examples"), filepath.Join(tmp, "conf"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"vipmilter.conf", "policy.sieve"} {
-		b, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f == "vipmilter.conf" {
-			b = append([]byte("Sendmail_Socketmap = \"inet:127.0.0.1:8895\"\n"), b...)
-		}
-		if err := os.WriteFile(filepath.Join(conf, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	s, err := StartSendmailSystem(ctx, SendmailOptions{Dist: dist, SystemOptions: SystemOptions{
-		Bin: bin, Config: filepath.Join(conf, "vipmilter.conf"), Dir: tmp,
+		Bin: bin, Config: conf, Dir: tmp,
 		IPAddrFallback: os.Getenv("VIPE2E_IPADDR") == "1",
 	}})
 	if err != nil {
@@ -96,19 +73,6 @@ func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
 		}
 	})
 	return s
-}
-
-// sendmailCases are the example cases Sendmail can carry: the IPv6 one is
-// left out, because a dual-stack binding's mail leaves over IPv4 on
-// Sendmail (sendmail.Family).
-func sendmailCases(run string) []Case {
-	var out []Case
-	for _, c := range ExampleCases(run) {
-		if c.Msg.To[0] != Rcpt6 {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // checkSendmail waits for cases at the sink and reports every problem.
@@ -191,7 +155,7 @@ func TestSendmail(t *testing.T) {
 		// Match_Domain, Sieve, sticky group, a client's X-Binding header
 		// (chooses nothing), the default binding, and a comma list over
 		// enough messages that both of its bindings are used.
-		cases := append(sendmailCases("sm"), CommaListCases("sm", 12)...)
+		cases := append(SendmailExampleCases("sm"), CommaListCases("sm", 12)...)
 		for _, cs := range cases {
 			if err := Submit(ctx, s.Net.MTA, cs.Msg); err != nil {
 				t.Fatal(err)
