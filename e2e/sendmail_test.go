@@ -80,21 +80,7 @@ func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
 // (sendmail.Limitations says so).
 func checkSendmail(t *testing.T, ctx context.Context, s *SendmailSystem, cases []Case) []Outcome {
 	t.Helper()
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := s.WaitArrived(wctx, cases); err != nil {
-		t.Error(err)
-	}
-	outs, err := Check(s.SinkDir, "", cases)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range outs {
-		if len(o.Problems) > 0 {
-			t.Errorf("%s (binding %s): %s", o.Case.Name, o.Case.Binding, strings.Join(o.Problems, "; "))
-		}
-	}
-	return outs
+	return checkArrivedHeader(t, ctx, s.System, "", cases)
 }
 
 // editConfig rewrites the binding file with old replaced by new.
