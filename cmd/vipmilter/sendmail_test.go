@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vipmilter/vipmilter/milter"
+	"github.com/vipmilter/vipmilter/sieve"
 )
 
 func TestCmdSendmail(t *testing.T) {
@@ -59,5 +64,44 @@ Binding "A" { Bind_Address = 192.0.2.2  Match_Domain = a.example }
 				t.Errorf("vipmilter.m4 exists: %v, want %v", err == nil, tc.written)
 			}
 		})
+	}
+}
+
+// fixedDecider answers every message with d.
+type fixedDecider struct {
+	milter.Decider
+	d sieve.Decision
+}
+
+func (f fixedDecider) Decide(context.Context, *sieve.Message) sieve.Decision { return f.d }
+
+func TestRecordingDecider(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		d      sieve.Decision
+		record bool
+	}{
+		{"accept", sieve.Decision{Binding: "A", Action: sieve.Accept}, true},
+		{"reject", sieve.Decision{Action: sieve.Reject}, false},
+		{"tempfail", sieve.Decision{Binding: "default", Action: sieve.Tempfail}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			r := recordingDecider{Decider: fixedDecider{d: tc.d}, record: func(q, b string) { got = append(got, q+"="+b) }}
+			r.Decide(context.Background(), &sieve.Message{QueueID: "6AUCEO1c006420"})
+			want := []string(nil)
+			if tc.record {
+				want = []string{"6AUCEO1c006420=" + tc.d.Binding}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("recorded %v, want %v", got, want)
+			}
+		})
+	}
+	// Without Sendmail_Socketmap the policy is passed through untouched.
+	var none *sendmailSide
+	d := &fixedDecider{}
+	if got := none.policy(d); got != milter.Decider(d) {
+		t.Errorf("policy wrapped without a socketmap: %T", got)
 	}
 }
