@@ -3,7 +3,11 @@ package sendmail
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -84,4 +88,30 @@ func CheckCF(name string, cf []byte) []Conflict {
 
 func isWordByte(c byte) bool {
 	return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
+
+// CheckDir checks the site in Sendmail's configuration directory dir:
+// dir/sendmail.mc with CheckSite and, when it exists, dir/sendmail.cf with
+// CheckCF. mcFound is false when there is no sendmail.mc to check. This is
+// what "vipmilter sendmail" refuses on, and what "vipmilter check" reports
+// for a Sendmail host.
+func CheckDir(dir string) (conflicts []Conflict, included, mcFound bool, err error) {
+	mcPath := filepath.Join(dir, "sendmail.mc")
+	mc, err := os.ReadFile(mcPath)
+	switch {
+	case err == nil:
+		mcFound = true
+		conflicts, included = CheckSite(mcPath, mc)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, false, false, fmt.Errorf("sendmail site: %w", err)
+	}
+	cfPath := filepath.Join(dir, "sendmail.cf")
+	cf, err := os.ReadFile(cfPath)
+	switch {
+	case err == nil:
+		conflicts = append(conflicts, CheckCF(cfPath, cf)...)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, false, false, fmt.Errorf("sendmail site: %w", err)
+	}
+	return conflicts, included, mcFound, nil
 }

@@ -3,8 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -101,20 +99,12 @@ func cmdSendmail(c *cli, args []string) error {
 // checkSendmailSite refuses a sendmail.mc or sendmail.cf in dir that the
 // fragment cannot be combined with, and reports whether the .mc includes it.
 func checkSendmailSite(c *cli, dir string) (included bool, err error) {
-	var conflicts []sendmail.Conflict
-	mcPath := filepath.Join(dir, "sendmail.mc")
-	mc, err := os.ReadFile(mcPath)
-	switch {
-	case err == nil:
-		conflicts, included = sendmail.CheckSite(mcPath, mc)
-	case errors.Is(err, fs.ErrNotExist):
-		fmt.Fprintf(c.stderr, "warning: %s does not exist; the site's rulesets could not be checked\n", mcPath)
-	default:
+	conflicts, included, mcFound, err := sendmail.CheckDir(dir)
+	if err != nil {
 		return false, err
 	}
-	cfPath := filepath.Join(dir, "sendmail.cf")
-	if cf, err := os.ReadFile(cfPath); err == nil {
-		conflicts = append(conflicts, sendmail.CheckCF(cfPath, cf)...)
+	if !mcFound {
+		fmt.Fprintf(c.stderr, "warning: %s does not exist; the site's rulesets could not be checked\n", filepath.Join(dir, "sendmail.mc"))
 	}
 	if len(conflicts) == 0 {
 		return included, nil
