@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -44,8 +45,13 @@ func (l Listen) Path() string {
 	return ""
 }
 
+// socketPathRE is what a unix socket path may hold: it is written into
+// main.cf (smtpd_milters), where white space and commas split the list, "{"
+// and "}" group per-milter settings and "$" expands a parameter.
+var socketPathRE = regexp.MustCompile(`^[A-Za-z0-9._+@/-]+$`)
+
 // ParseListen parses s in Postfix milter notation. A unix path must be
-// absolute and free of spaces and commas (Postfix splits lists on both); an
+// absolute and of the characters socketPathRE allows; an
 // inet host is an IP address or a host name; the port is 1–65535.
 func ParseListen(s string) (Listen, error) {
 	kind, rest, ok := strings.Cut(s, ":")
@@ -54,8 +60,8 @@ func ParseListen(s string) (Listen, error) {
 	}
 	switch kind {
 	case "unix", "local":
-		if !filepath.IsAbs(rest) || strings.ContainsAny(rest, " \t\r\n,") {
-			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path without spaces or commas", s)
+		if !filepath.IsAbs(rest) || !socketPathRE.MatchString(rest) {
+			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path of letters, digits and . _ + @ / - (Postfix splits milter lists on spaces and commas and expands $)", s)
 		}
 		return Listen{Network: "unix", Address: filepath.Clean(rest)}, nil
 	case "inet", "inet6":

@@ -40,7 +40,7 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 		if k.Repeat && !k.Stanza {
 			where += " (repeatable)"
 		}
-		def := k.Default
+		def := k.defaultText()
 		if def == "" {
 			def = "—"
 		}
@@ -52,8 +52,8 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 			fmt.Fprintf(&b, "`%s \"name\" { ... }` — in: %s.\n\n", k.Name, k.Scopes)
 		} else {
 			fmt.Fprintf(&b, "`%s = ` %s — in: %s", k.Name, k.Values, k.Scopes)
-			if k.Default != "" {
-				fmt.Fprintf(&b, "; default %s", k.Default)
+			if def := k.defaultText(); def != "" {
+				fmt.Fprintf(&b, "; default %s", def)
 			}
 			b.WriteString(".\n\n")
 		}
@@ -61,4 +61,13 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 		b.WriteString("\n")
 	}
 	return b.Bytes()
+}
+
+// defaultText is the Default column: the default value as code, or what
+// being unset means.
+func (k *keyword) defaultText() string {
+	if k.Default != "" {
+		return "`" + k.Default + "`"
+	}
+	return k.Unset
 }

@@ -88,9 +88,9 @@ func setSieveScript(d *decoder, n *Node, _ *values) {
 	d.cfg.SieveScript = path
 }
 
-// reservedHeaders are header fields a client legitimately sends: the milter
-// deletes every client copy of Binding_Header, so one of these would destroy
-// mail content.
+// reservedHeaders are header fields a client legitimately sends: the MTA
+// strips every copy of Binding_Header that lacks the key, so one of these
+// would destroy mail content.
 var reservedHeaders = map[string]bool{
 	"from": true, "to": true, "cc": true, "bcc": true, "subject": true, "date": true,
 	"message-id": true, "received": true, "return-path": true, "sender": true,
@@ -107,7 +107,7 @@ func setBindingHeader(d *decoder, n *Node, _ *values) {
 	}
 	l := strings.ToLower(n.Value)
 	if reservedHeaders[l] || strings.HasPrefix(l, "content-") || strings.HasPrefix(l, "resent-") || strings.HasPrefix(l, "list-") {
-		d.bad(n, "%q is a standard header that clients send; the milter deletes client copies of the binding header, so pick a private one such as X-Binding", n.Value)
+		d.bad(n, "%q is a standard header that clients send; the MTA strips client copies of the binding header, so pick a private one such as X-Binding", n.Value)
 		return
 	}
 	d.cfg.BindingHeader = n.Value
@@ -149,6 +149,20 @@ func setMaxBodyBytes(d *decoder, n *Node, _ *values) {
 		return
 	}
 	d.cfg.MaxBodyBytes = v * mult
+}
+
+// sizeText writes a byte count the way Max_Body_Bytes reads it: with the
+// largest binary suffix that divides it exactly.
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 func setInterface(d *decoder, n *Node, v *values) {
@@ -277,18 +291,39 @@ func setEHLO(d *decoder, n *Node, v *values) {
 		v.ehlo.put(EHLOHostname)
 	case strings.EqualFold(s, EHLOMessage):
 		v.ehlo.put(EHLOMessage)
-	case strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]"):
-		lit := strings.TrimPrefix(s[1:len(s)-1], "IPv6:")
-		if _, err := netip.ParseAddr(lit); err != nil {
-			d.bad(n, "%q: not an address literal", s)
+	case strings.HasPrefix(s, "["):
+		lit, ok := addressLiteral(s)
+		if !ok {
+			d.bad(n, "%q: not an address literal (want [192.0.2.1] or [IPv6:2001:db8::1], RFC 5321 §4.1.3, without a zone)", s)
 			return
 		}
-		v.ehlo.put(s)
+		v.ehlo.put(lit)
 	case ValidHostname(s):
 		v.ehlo.put(s)
 	default:
-		d.bad(n, "%q: not a valid host name (want __hostname__, __message__ or a name like mta1.example.com)", s)
+		d.bad(n, "%q: not a valid host name (want __hostname__, __message__, a name like mta1.example.com or an address literal like [192.0.2.1])", s)
 	}
+}
+
+// addressLiteral checks an RFC 5321 §4.1.3 address literal, "[IPv4]" or
+// "[IPv6:addr]", and returns it in canonical form. IPv6 zones are refused:
+// they are not part of the SMTP syntax, and netip accepts any text there.
+func addressLiteral(s string) (string, bool) {
+	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+		return "", false
+	}
+	in, tagged := s[1:len(s)-1], false
+	if len(in) > 5 && strings.EqualFold(in[:5], "IPv6:") {
+		in, tagged = in[5:], true
+	}
+	a, err := netip.ParseAddr(in)
+	if err != nil || a.Zone() != "" || a.Is6() != tagged {
+		return "", false
+	}
+	if tagged {
+		return "[IPv6:" + a.String() + "]", true
+	}
+	return "[" + a.String() + "]", true
 }
 
 func setSuspend(d *decoder, n *Node, v *values) {
@@ -301,8 +336,8 @@ func setSuspend(d *decoder, n *Node, v *values) {
 }
 
 func setMatchDomain(d *decoder, n *Node, v *values) {
-	dom := strings.ToLower(strings.TrimSuffix(n.Value, "."))
-	if !ValidHostname(dom) {
+	dom, ok := canonicalDomain(n.Value)
+	if !ok {
 		d.bad(n, "%q: not a domain name", n.Value)
 		return
 	}
@@ -330,8 +365,11 @@ func setRelay(d *decoder, n *Node, v *values) {
 	v.relay.put(n.Value)
 }
 
-// checkRelay accepts the next-hop forms Postfix's smtp client understands:
-// host, host:port, [host], [host]:port, [addr] and [ipv6:addr].
+// checkRelay accepts the next-hop forms Postfix's smtp client understands
+// (smtp(8), transport(5)): host, host:port, [host], [host]:port, [addr],
+// [ipv6:addr] and those with :port. Hosts are LDH host names and addresses
+// have no zone, so the value can stand in a table's right-hand side and
+// after "FILTER transport:" without being split or expanded.
 func checkRelay(s string) string {
 	host, port := s, ""
 	if strings.HasPrefix(s, "[") {
@@ -344,11 +382,18 @@ func checkRelay(s string) string {
 			return "want [host]:port"
 		}
 		port = strings.TrimPrefix(port, ":")
-		lit := host
+		lit, tagged := host, false
 		if len(lit) > 5 && strings.EqualFold(lit[:5], "ipv6:") {
-			lit = lit[5:]
+			lit, tagged = lit[5:], true
 		}
-		if _, err := netip.ParseAddr(lit); err != nil && !ValidHostname(host) {
+		if a, err := netip.ParseAddr(lit); err == nil {
+			if a.Zone() != "" {
+				return "an address with a zone cannot be written into Postfix's configuration"
+			}
+			if tagged && !a.Is6() {
+				return "[ipv6:...] needs an IPv6 address"
+			}
+		} else if tagged || !ValidHostname(host) {
 			return "not a host name or address inside [ ]"
 		}
 	} else {
