@@ -420,6 +420,8 @@ func FuzzParse(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte(`Binding "A" { Bind_Address = 10.0.0.1/24 Match_Domain = a.example EHLO_Hostname = __message__ }`))
 	f.Add([]byte("Binding_Group \"G\" { Selection = random Binding \"m\" { Bind_Address = ::1 Weight = 3 } }\n# c\n"))
+	f.Add([]byte(`Binding "A" { Bind_Address = 10.0.0.1 Relay = "[ipv6:2001:db8::1]:25" EHLO_Hostname = "[IPv6:2001:db8::2]" Match_Domain = "müller.example." }`))
+	f.Add([]byte("Milter_Listen = unix:/var/spool/postfix/m.sock\nBinding \"A\" { Bind_Address = 10.0.0.1 EHLO_Hostname = \"[192.0.2.1]\" Relay = a.example:smtp }"))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		cfg, err := Parse("f.conf", src)
 		if err != nil {
@@ -443,10 +445,25 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("binding %q without address", b.Name)
 			}
 			for _, d := range b.MatchDomains {
-				if cfg.MatchDomain(d) != b {
-					t.Fatalf("domain %q maps to the wrong binding", d)
+				if Domain(d) != d || cfg.MatchDomain(d) != b || cfg.MatchDomain(DomainUnicode(d)+".") != b {
+					t.Fatalf("domain %q is not canonical or maps to the wrong binding", d)
 				}
 			}
+			// Values written into MTA configuration: one word, taken
+			// literally by Postfix and Sendmail.
+			for what, v := range map[string]string{"name": b.Name, "EHLO": b.EHLOHostname, "relay": b.Relay, "domains": strings.Join(b.MatchDomains, "."), "transport": cfg.TransportPrefix + b.Name} {
+				if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune("${},%\"'\\#;=", r) }) {
+					t.Fatalf("binding %q: %s %q cannot be written into MTA configuration", b.Name, what, v)
+				}
+			}
+			for _, a := range b.Addresses {
+				if a.Addr().Zone() != "" {
+					t.Fatalf("binding %q: address %s has a zone", b.Name, a)
+				}
+			}
+		}
+		if l := cfg.MilterListen.String(); strings.ContainsFunc(l, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune("${},", r) }) {
+			t.Fatalf("Milter_Listen %q cannot be written into main.cf", l)
 		}
 		for _, g := range cfg.Groups {
 			if len(g.Members) == 0 {
