@@ -23,6 +23,8 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 - Keywords are case-insensitive (` + "`bind_address`" + ` is ` + "`Bind_Address`" + `); binding and group
   names are case-sensitive.
 - Values may be bare or in double quotes (` + "`\\\"`" + ` and ` + "`\\\\`" + ` escape inside quotes).
+  No word or value may hold a control character (tab, CR, NUL, …) or malformed UTF-8:
+  values are written into MTA configuration, where those would be read differently.
 - ` + "`#`" + ` starts a comment that runs to the end of the line. Line breaks are ordinary
   white space, so several settings may share a line.
 - Settings that configure a binding may also be written at file level or in a
