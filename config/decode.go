@@ -197,10 +197,13 @@ func (d *decoder) declare(n *Node) bool {
 	return true
 }
 
-// CleanupServiceName is the master.cf service, after Transport_Prefix, of
-// the cleanup that `vipmilter postfix` renders for pickup; no binding's
-// transport may take its name.
-const CleanupServiceName = "cleanup"
+// The master.cf services `vipmilter postfix` adds besides the binding
+// transports are named Transport_Prefix + these; no binding may take their
+// names, so the renderer can rely on them being free.
+const (
+	CleanupServiceName  = "cleanup"  // pickup's cleanup: local submissions and postsuper -r
+	FilteredServiceName = "filtered" // the content filter's re-injection cleanup
+)
 
 // stockServices are the master.cf services and transport names of a stock
 // Postfix (Debian's master.cf) and "default", whose
@@ -223,8 +226,8 @@ var stockServices = map[string]bool{
 func (d *decoder) checkTransport(n *Node) {
 	t := d.cfg.TransportPrefix + n.Label
 	switch {
-	case n.Label == CleanupServiceName:
-		d.errorf(n.LabelPos, n.Name, "name %q is reserved: %s%s is the cleanup service that vipmilter postfix renders for pickup", n.Label, d.cfg.TransportPrefix, CleanupServiceName)
+	case n.Label == CleanupServiceName || n.Label == FilteredServiceName:
+		d.errorf(n.LabelPos, n.Name, "name %q is reserved: %s is a cleanup service that vipmilter postfix renders", n.Label, t)
 	case stockServices[strings.ToLower(t)]:
 		d.errorf(n.LabelPos, n.Name, "name %q: its transport %q (Transport_Prefix + name) is a stock Postfix service; rename the binding or change Transport_Prefix", n.Label, t)
 	}
