@@ -334,7 +334,7 @@ func TestParseErrors(t *testing.T) {
 		{"relay port with dollar", b(`Relay = "[a.example]:$x"`), `port must be a number or service name`},
 		{"bad listen", "Milter_Listen = tcp:1.2.3.4:5", `Milter_Listen: "tcp:1.2.3.4:5": unknown socket type`},
 		{"relative unix", "Milter_Listen = unix:milter.sock", `needs an absolute path`},
-		{"unix path with dollar", "Milter_Listen = unix:/run/$x/milter.sock", `Milter_Listen: "unix:/run/$x/milter.sock": a unix socket needs an absolute path of letters`},
+		{"unix path with dollar", "Milter_Listen = unix:/run/$x/milter.sock", `Milter_Listen: "unix:/run/$x/milter.sock": a unix socket needs an absolute path without spaces`},
 		{"unix path with comma", "Milter_Listen = unix:/run/a,inet:1.2.3.4:5", `a unix socket needs an absolute path`},
 		{"unix path with braces", "Milter_Listen = \"unix:/run/{a}\"", `a unix socket needs an absolute path`},
 		{"unix path with space", "Milter_Listen = \"unix:/run/a b\"", `a unix socket needs an absolute path`},
