@@ -98,7 +98,7 @@ func init() {
 			Doc: "The source address. Repeat the keyword to give one IPv4 and one IPv6 address; at most one of each. Required in every binding except `default` (where it also binds the mail Postfix generates itself, such as bounces).",
 			set: setBindAddress},
 		{Name: "EHLO_Hostname", Scopes: everywhere, Values: "`__hostname__` \\| `__message__` \\| host name \\| address literal `[192.0.2.1]`, `[IPv6:2001:db8::1]`", Default: DefaultEHLOHostname,
-			Doc: "The name sent in EHLO. `__hostname__` is Postfix's `$myhostname`. `__message__` (Momentum: the envelope sender's domain) can only be honoured when the binding has exactly one `Match_Domain`, because Postfix sets the EHLO name per transport; otherwise `check` warns and the binding greets with `$myhostname`.",
+			Doc: "The name sent in EHLO. `__hostname__` is Postfix's `$myhostname`. An internationalized name is sent in its A-label form; an address literal is written as in RFC 5321, with the `IPv6:` tag and without a zone. `__message__` (Momentum: the envelope sender's domain) can only be honoured when the binding has exactly one `Match_Domain`, because Postfix sets the EHLO name per transport; otherwise `check` warns and the binding greets with `$myhostname`.",
 			set: setEHLO},
 		{Name: "Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: no limit)", Default: strconv.Itoa(DefaultMaxOutbound),
 			Doc: "Concurrent connections from this binding to one destination domain, as in Momentum (Postfix's `<transport>_destination_concurrency_limit`).",

@@ -112,6 +112,7 @@ func TestParseAccepts(t *testing.T) {
 		{"EHLO_Hostname", "[IPv6:2001:DB8:0::1]", func(b *Binding) string { return b.EHLOHostname }, "[IPv6:2001:db8::1]"},
 		{"EHLO_Hostname", "[ipv6:::ffff:192.0.2.1]", func(b *Binding) string { return b.EHLOHostname }, "[IPv6:::ffff:192.0.2.1]"},
 		{"EHLO_Hostname", "__HOSTNAME__", func(b *Binding) string { return b.EHLOHostname }, EHLOHostname},
+		{"EHLO_Hostname", "mta.Müller.example", func(b *Binding) string { return b.EHLOHostname }, "mta.xn--mller-kva.example"},
 		{"Relay", "smarthost.example", func(b *Binding) string { return b.Relay }, "smarthost.example"},
 		{"Relay", "smarthost.example:submission", func(b *Binding) string { return b.Relay }, "smarthost.example:submission"},
 		{"Relay", "[smarthost.example]:587", func(b *Binding) string { return b.Relay }, "[smarthost.example]:587"},

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // This file turns the text of each setting into its typed value; every
@@ -301,6 +302,12 @@ func setEHLO(d *decoder, n *Node, v *values) {
 	case ValidHostname(s):
 		v.ehlo.put(s)
 	default:
+		// An internationalized name greets in its A-label form (RFC 6531
+		// §3.7.1: EHLO carries no U-labels).
+		if a, ok := canonicalDomain(s); ok && strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf }) {
+			v.ehlo.put(a)
+			return
+		}
 		d.bad(n, "%q: not a valid host name (want __hostname__, __message__, a name like mta1.example.com or an address literal like [192.0.2.1])", s)
 	}
 }
