@@ -10,6 +10,7 @@ package config
 
 import (
 	"net/netip"
+	"strings"
 )
 
 // DefaultPath is where serve, check, test, postfix and provision look for the
@@ -137,8 +138,12 @@ func (c *Config) Default() *Binding { return c.bindings[DefaultBindingName] }
 // domain is a mail domain in any spelling of it: letter case, U-labels or
 // A-labels and a trailing dot do not matter ("Müller.Example." finds
 // Match_Domain = xn--mller-kva.example); both sides are compared in their
-// canonical form, Domain.
+// canonical form, Domain. An address ("u@müller.example") stands for its
+// domain.
 func (c *Config) MatchDomain(domain string) *Binding {
+	if i := strings.LastIndexByte(domain, '@'); i >= 0 {
+		domain = domain[i+1:]
+	}
 	return c.domains[Domain(domain)]
 }
 

@@ -146,12 +146,12 @@ func TestMatchDomainSpellings(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := cfg.Binding("A")
-		for _, lookup := range []string{"müller.example", "xn--mller-kva.example", "Müller.Example.", "XN--MLLER-KVA.EXAMPLE", "Example.COM.", "example.com"} {
+		for _, lookup := range []string{"müller.example", "xn--mller-kva.example", "Müller.Example.", "XN--MLLER-KVA.EXAMPLE", "u@müller.example", "u@xn--mller-kva.example.", "Example.COM.", "example.com", "u@Example.COM."} {
 			if cfg.MatchDomain(lookup) != a {
 				t.Errorf("Match_Domain %q: MatchDomain(%q) does not find binding A", written, lookup)
 			}
 		}
-		for _, other := range []string{"muller.example", "example.com.example", "xn--mller-kva.example.com", ""} {
+		for _, other := range []string{"muller.example", "example.com.example", "xn--mller-kva.example.com", "", "müller.example@other.example", "u@"} {
 			if b := cfg.MatchDomain(other); b != nil {
 				t.Errorf("Match_Domain %q: MatchDomain(%q) = %q, want none", written, other, b.Name)
 			}
