@@ -228,7 +228,7 @@ func (d *decoder) checkTransport(n *Node) {
 	switch {
 	case n.Label == CleanupServiceName || n.Label == FilteredServiceName:
 		d.errorf(n.LabelPos, n.Name, "name %q is reserved: %s is a cleanup service that vipmilter postfix renders", n.Label, t)
-	case stockServices[strings.ToLower(t)]:
+	case stockServices[t]:
 		d.errorf(n.LabelPos, n.Name, "name %q: its transport %q (Transport_Prefix + name) is a stock Postfix service; rename the binding or change Transport_Prefix", n.Label, t)
 	}
 }
