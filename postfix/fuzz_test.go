@@ -240,8 +240,8 @@ func parseRegexpTable(t *testing.T, content string) []headerRule {
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		end := strings.LastIndex(line, "/")
-		if line[0] != '/' || end < 1 {
+		end := closingSlash(line)
+		if end < 0 {
 			t.Fatalf("header check %q is not /pattern/flags action", line)
 		}
 		flags, action, _ := strings.Cut(line[end+1:], " ")
@@ -256,6 +256,23 @@ func parseRegexpTable(t *testing.T, content string) []headerRule {
 		rules = append(rules, headerRule{re: re, action: strings.Join(strings.FieldsFunc(action, isPostfixSpace), " ")})
 	}
 	return rules
+}
+
+// closingSlash returns the index of the "/" that ends the pattern of
+// "/pattern/...", skipping escaped characters, or -1.
+func closingSlash(line string) int {
+	if line == "" || line[0] != '/' {
+		return -1
+	}
+	for i := 1; i < len(line); i++ {
+		switch line[i] {
+		case '\\':
+			i++
+		case '/':
+			return i
+		}
+	}
+	return -1
 }
 
 func firstMatch(rules []headerRule, header string) *headerRule {
