@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -45,14 +46,41 @@ func (d *decoder) bad(n *Node, format string, args ...any) {
 	d.errorf(n.ValuePos, n.Name, format, args...)
 }
 
-func parseBool(s string) (bool, bool) {
-	switch strings.ToLower(s) {
+// boolValue reads a boolean (true/yes/on/1, false/no/off/0), reporting
+// any other word.
+func (d *decoder) boolValue(n *Node) (v, ok bool) {
+	switch strings.ToLower(n.Value) {
 	case "true", "yes", "on", "1":
 		return true, true
 	case "false", "no", "off", "0":
 		return false, true
 	}
+	d.bad(n, "%q: want true or false", n.Value)
 	return false, false
+}
+
+// absPath reads an absolute path, cleaned, reporting a relative one.
+func (d *decoder) absPath(n *Node) (string, bool) {
+	if !filepath.IsAbs(n.Value) {
+		d.bad(n, "%q: want an absolute path", n.Value)
+		return "", false
+	}
+	return filepath.Clean(n.Value), true
+}
+
+// oneOf reads one of the words allowed (in any letter case), reporting
+// any other with why appended to the list of choices.
+func oneOf[T ~string](d *decoder, n *Node, why string, allowed ...T) (T, bool) {
+	v := T(strings.ToLower(n.Value))
+	if slices.Contains(allowed, v) {
+		return v, true
+	}
+	words := make([]string, len(allowed))
+	for i, a := range allowed {
+		words[i] = string(a)
+	}
+	d.bad(n, "%q: want %s or %s%s", n.Value, strings.Join(words[:len(words)-1], ", "), words[len(words)-1], why)
+	return "", false
 }
 
 func (d *decoder) intIn(n *Node, lo, hi int) (int, bool) {
@@ -115,20 +143,14 @@ func setBindingHeader(d *decoder, n *Node, _ *values) {
 }
 
 func setOnPolicyError(d *decoder, n *Node, _ *values) {
-	switch v := PolicyErrorAction(strings.ToLower(n.Value)); v {
-	case PolicyErrorDefault, PolicyErrorTempfail:
+	if v, ok := oneOf(d, n, "", PolicyErrorDefault, PolicyErrorTempfail); ok {
 		d.cfg.OnPolicyError = v
-	default:
-		d.bad(n, "%q: want default or tempfail", n.Value)
 	}
 }
 
 func setOnMilterDown(d *decoder, n *Node, _ *values) {
-	switch v := MilterDownAction(strings.ToLower(n.Value)); v {
-	case MilterDownAccept, MilterDownTempfail:
+	if v, ok := oneOf(d, n, " (reject would refuse all mail while the milter is down)", MilterDownAccept, MilterDownTempfail); ok {
 		d.cfg.OnMilterDown = v
-	default:
-		d.bad(n, "%q: want accept or tempfail (reject would refuse all mail while the milter is down)", n.Value)
 	}
 }
 
@@ -195,12 +217,9 @@ func setTransportPrefix(d *decoder, n *Node, _ *values) {
 }
 
 func setKeepHeader(d *decoder, n *Node, _ *values) {
-	b, ok := parseBool(n.Value)
-	if !ok {
-		d.bad(n, "%q: want true or false", n.Value)
-		return
+	if b, ok := d.boolValue(n); ok {
+		d.cfg.KeepHeader = b
 	}
-	d.cfg.KeepHeader = b
 }
 
 func setMetricsListen(d *decoder, n *Node, _ *values) {
@@ -221,19 +240,15 @@ func setMetricsListen(d *decoder, n *Node, _ *values) {
 }
 
 func setStateDir(d *decoder, n *Node, _ *values) {
-	if !filepath.IsAbs(n.Value) {
-		d.bad(n, "%q: want an absolute path", n.Value)
-		return
+	if p, ok := d.absPath(n); ok {
+		d.cfg.StateDir = p
 	}
-	d.cfg.StateDir = filepath.Clean(n.Value)
 }
 
 func setHeaderKeyFile(d *decoder, n *Node, _ *values) {
-	if !filepath.IsAbs(n.Value) {
-		d.bad(n, "%q: want an absolute path", n.Value)
-		return
+	if p, ok := d.absPath(n); ok {
+		d.cfg.HeaderKeyFile = p
 	}
-	d.cfg.HeaderKeyFile = filepath.Clean(n.Value)
 }
 
 func setSelection(d *decoder, n *Node, v *values) {
@@ -334,12 +349,9 @@ func addressLiteral(s string) (string, bool) {
 }
 
 func setSuspend(d *decoder, n *Node, v *values) {
-	b, ok := parseBool(n.Value)
-	if !ok {
-		d.bad(n, "%q: want true or false", n.Value)
-		return
+	if b, ok := d.boolValue(n); ok {
+		v.suspend.put(b)
 	}
-	v.suspend.put(b)
 }
 
 func setMatchDomain(d *decoder, n *Node, v *values) {
