@@ -226,7 +226,7 @@ func ParseTree(name string, src []byte) ([]*Node, error) {
 	if !p.scan() {
 		return nil, p.errs
 	}
-	nodes, ok := p.block(0, Pos{})
+	nodes, ok := p.block(0, nil, Pos{})
 	if !ok {
 		return nil, p.errs
 	}
@@ -238,13 +238,15 @@ func (p *parser) fail(pos Pos, format string, args ...any) bool {
 	return false
 }
 
-func (p *parser) block(depth int, open Pos) ([]*Node, bool) {
+// block reads statements up to the "}" at open that closes stanza (nil at
+// the top level, which ends at the end of the file).
+func (p *parser) block(depth int, stanza *Node, open Pos) ([]*Node, bool) {
 	var nodes []*Node
 	for {
 		switch p.tok.kind {
 		case tokEOF:
 			if depth > 0 {
-				return nil, p.fail(open, `"{" is never closed`)
+				return nil, p.fail(open, `%s: "{" is never closed`, stanza.Name)
 			}
 			return nodes, true
 		case tokClose:
@@ -299,7 +301,7 @@ func (p *parser) block(depth int, open Pos) ([]*Node, bool) {
 			if !p.scan() {
 				return nil, false
 			}
-			children, ok := p.block(depth+1, brace)
+			children, ok := p.block(depth+1, n, brace)
 			if !ok {
 				return nil, false
 			}

@@ -252,7 +252,7 @@ func TestParseErrors(t *testing.T) {
 		{"malformed UTF-8", "Binding_Header = X\xffB", `t.conf:1:19: Binding_Header: malformed UTF-8`},
 		{"control in keyword", "Bind\x01 = 1", `t.conf:1:5: control character U+0001`},
 		{"escaped CR", "Binding_Header = \"X\\\rB\"", `t.conf:1:21: Binding_Header: control character U+000D`},
-		{"unclosed stanza", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n", `t.conf:1:13: "{" is never closed`},
+		{"unclosed stanza", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n", `t.conf:1:13: Binding: "{" is never closed`},
 		{"stray close", "}", `t.conf:1:1: unexpected "}"`},
 		{"missing value", "Binding_Header =\n}", `t.conf:2:1: Binding_Header: expected a value`},
 		{"missing equals", "Binding_Header X-B", `t.conf:1:16: Binding_Header: expected "=" before "X-B"`},
