@@ -66,8 +66,8 @@ Binding "Alone" { Bind_Address = 192.0.2.40  Match_Domain = alone.example }
 	if s := share(); s["Pool1"] == 0 {
 		t.Errorf("Pool1's address is back, shares %v", s)
 	}
-	if pres.Changes.Load() < 2 {
-		t.Errorf("presence counted %d changes, want at least 2", pres.Changes.Load())
+	if pres.changes.Load() < 2 {
+		t.Errorf("presence counted %d changes, want at least 2", pres.changes.Load())
 	}
 }
 
@@ -112,10 +112,10 @@ func TestPresenceSeesAddressDisappear(t *testing.T) {
 			eventually(t, "presence to see every address", func() bool {
 				return pres.Live(b) && pres.Has(netip.MustParseAddr("10.77.7.250"))
 			})
-			if c.rcvbuf != 0 && pres.Resyncs.Load() == 0 {
+			if c.rcvbuf != 0 && pres.resyncs.Load() == 0 {
 				t.Log("the kernel dropped no event; the resync path was not exercised")
 			}
-			t.Logf("changes %d, resyncs %d", pres.Changes.Load(), pres.Resyncs.Load())
+			t.Logf("changes %d, resyncs %d", pres.changes.Load(), pres.resyncs.Load())
 		})
 	}
 }

@@ -21,7 +21,7 @@ func TestCheckRoutes(t *testing.T) {
 		want("WrongIf", "eth1", "192.0.2.20/32"),
 		want("Missing", "eth0", "192.0.2.30/32"),
 	}
-	if _, err := p.Ensure(ws[:3], false); err != nil {
+	if _, err := p.Provision(ws[:3], Options{}); err != nil {
 		t.Fatal(err)
 	}
 	rs := p.CheckRoutes(ws, DefaultProbes)

@@ -1,28 +1,12 @@
 package vip
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 )
-
-// eventually polls cond until it holds or a generous deadline passes. The
-// deadline only bounds a hung test; it is not a performance assertion.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func TestProvisionWatchReaddsDeletedAddress(t *testing.T) {
 	n := newTestNS(t)
@@ -88,23 +72,4 @@ func TestProvisionWatchSurvivesFlush(t *testing.T) {
 		t.Errorf("no log line says an address was re-added:\n%.2000s", logs.String())
 	}
 	t.Logf("events lost and resubscribed: %v", strings.Contains(logs.String(), "address events lost"))
-}
-
-// syncBuffer is a bytes.Buffer the watcher's goroutine and the test can
-// share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -32,7 +32,7 @@ func TestProvision(t *testing.T) {
 	p := newProv(t, n, dir, nil)
 	base := []Want{want("Example", "eth0", "192.0.2.10/32"), want("Example", "eth0", "2001:db8::10/128")}
 
-	rs, err := p.Ensure(base, false)
+	rs, err := p.Provision(base, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestProvision(t *testing.T) {
 		}
 	})
 
-	rs, err = p.Ensure(base, false)
+	rs, err = p.Provision(base, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestProvision(t *testing.T) {
 
 	// Dry run with a new binding changes nothing.
 	more := append(base, want("News", "eth0", "192.0.2.20/32"))
-	rs, err = p.Ensure(more, true)
+	rs, err = p.Provision(more, Options{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestProvision(t *testing.T) {
 
 	// Errors name their cause.
 	ip(t, "-n", n.name, "addr", "add", "192.0.2.77/32", "dev", "eth1")
-	rs, err = p.Ensure([]Want{want("Gone", "eth9", "192.0.2.30/32"), want("Taken", "eth0", "192.0.2.77/32"), want("NoIf", "", "192.0.2.31/32")}, false)
+	rs, err = p.Provision([]Want{want("Gone", "eth9", "192.0.2.30/32"), want("Taken", "eth0", "192.0.2.77/32"), want("NoIf", "", "192.0.2.31/32")}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,21 +102,21 @@ func TestProvision(t *testing.T) {
 	// address on the same interface and the one vipmilter still wants stay.
 	ip(t, "-n", n.name, "addr", "add", "192.0.2.99/32", "dev", "eth0")
 	ip(t, "-n", n.name, "addr", "add", "2001:db8::99/128", "dev", "eth0", "nodad")
-	rs, err = p.Prune(base[:1], true)
+	rs, err = p.Provision(base[:1], Options{Prune: true, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := statuses(rs); got != "2001:db8::10=would remove" {
+	if got := statuses(rs); got != "192.0.2.10=present 2001:db8::10=would remove" {
 		t.Errorf("prune dry run: %s", got)
 	}
 	if !strings.Contains(n.addrs(t, "eth0"), "2001:db8::10/128") {
 		t.Error("prune --dry-run removed an address")
 	}
-	rs, err = p.Prune(base[:1], false)
+	rs, err = p.Provision(base[:1], Options{Prune: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := statuses(rs); got != "2001:db8::10=removed" {
+	if got := statuses(rs); got != "192.0.2.10=present 2001:db8::10=removed" {
 		t.Errorf("prune: %s", got)
 	}
 	out = n.addrs(t, "eth0")
@@ -129,7 +129,7 @@ func TestProvision(t *testing.T) {
 		t.Errorf("prune left 2001:db8::10:\n%s", out)
 	}
 	// Pruning everything still never touches foreign addresses.
-	if _, err := p.Prune(nil, false); err != nil {
+	if _, err := p.Provision(nil, Options{Prune: true}); err != nil {
 		t.Fatal(err)
 	}
 	out = n.addrs(t, "eth0")
@@ -175,13 +175,13 @@ func TestProvisionPruneForgetsReconfiguredAddress(t *testing.T) {
 	n := newTestNS(t)
 	dir := t.TempDir()
 	p := newProv(t, n, dir, nil)
-	if _, err := p.Ensure([]Want{want("A", "eth0", "192.0.2.10/32")}, false); err != nil {
+	if _, err := p.Provision([]Want{want("A", "eth0", "192.0.2.10/32")}, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	ip(t, "-n", n.name, "addr", "del", "192.0.2.10/32", "dev", "eth0")
 	ip(t, "-n", n.name, "addr", "add", "192.0.2.10/32", "dev", "eth0")
-	rs, err := p.Prune(nil, false)
-	if err != nil || len(rs) != 0 {
+	rs, err := p.Provision(nil, Options{Prune: true})
+	if err != nil || statuses(rs) != "192.0.2.10=forgotten" {
 		t.Fatalf("prune: %v %v", rs, err)
 	}
 	if !strings.Contains(n.addrs(t, "eth0"), "192.0.2.10/32") {
