@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -149,4 +151,29 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// canBind reports whether a TCP socket inside the namespace can bind a:
+// the kernel's own answer that presence and provisioning must agree with.
+func (n *testNS) canBind(t *testing.T, a netip.Addr) bool {
+	t.Helper()
+	ok := false
+	n.in(t, func() {
+		l, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+		if err == nil {
+			l.Close()
+			ok = true
+		}
+	})
+	return ok
+}
+
+// sysctl sets a sysctl inside the namespace, e.g.
+// "net/ipv6/ip_nonlocal_bind", "1".
+func (n *testNS) sysctl(t *testing.T, key, value string) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", n.name, "sh", "-c", "echo "+value+" > /proc/sys/"+key).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sysctl %s=%s: %v\n%s", key, value, err, out)
+	}
 }

@@ -73,3 +73,33 @@ func TestProvisionWatchSurvivesFlush(t *testing.T) {
 	}
 	t.Logf("events lost and resubscribed: %v", strings.Contains(logs.String(), "address events lost"))
 }
+
+// TestProvisionWatchLocalRouteRemoved: a binding address covered by a
+// local route is left alone; when the route goes, the watcher adds the
+// address to its interface.
+func TestProvisionWatchLocalRouteRemoved(t *testing.T) {
+	n := newTestNS(t)
+	ip(t, "-n", n.name, "route", "add", "local", "198.51.100.0/24", "dev", "lo")
+	p := newProv(t, n, t.TempDir(), slog.New(slog.DiscardHandler))
+	ws := []Want{want("Any", "eth0", "198.51.100.7/32")}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		t.Fatal(err)
+	}
+	if strings.Contains(n.addrs(t, "eth0"), "198.51.100.7") {
+		t.Fatal("a covered address was added")
+	}
+	ip(t, "-n", n.name, "route", "del", "local", "198.51.100.0/24", "dev", "lo")
+	eventually(t, "the address added once its local route went", func() bool {
+		return strings.Contains(n.addrs(t, "eth0"), "198.51.100.7/32")
+	})
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("watch returned %v", err)
+	}
+}
