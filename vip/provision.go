@@ -178,9 +178,6 @@ func (p *Provisioner) apply(pl *plan, st *state) error {
 				s.Status, s.Err, s.forget = Failed, explain(err, "remove address"), false
 			}
 		}
-		if s.Status == Forgotten {
-			p.log.Info("address re-configured by someone else; no longer vipmilter's", "address", s.Prefix.String(), "interface", s.Interface)
-		}
 		if s.forget {
 			st.remove(s.Prefix, s.Interface)
 			changed = true
@@ -214,14 +211,15 @@ func (p *Provisioner) apply(pl *plan, st *state) error {
 	return st.save(p.stateDir)
 }
 
-// Summary counts results by status, e.g. "2 added, 3 present, 0 errors".
+// Summary counts results by status, e.g. "2 added, 3 present, 0 errors";
+// a dry run's "would" counts stand where the real run's will.
 func Summary(rs []Result) string {
 	counts := map[Status]int{}
 	for _, r := range rs {
 		counts[r.Status]++
 	}
 	var parts []string
-	for _, s := range []Status{Added, Present, Covered, Removed, Forgotten, WouldAdd, WouldDrop, WouldForget} {
+	for _, s := range []Status{Added, WouldAdd, Present, Covered, Removed, WouldDrop, Forgotten, WouldForget} {
 		if counts[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
 		}
