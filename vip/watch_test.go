@@ -12,15 +12,7 @@ func TestProvisionWatchReaddsDeletedAddress(t *testing.T) {
 	n := newTestNS(t)
 	p := newProv(t, n, t.TempDir(), slog.New(slog.DiscardHandler))
 	ws := []Want{want("Example", "eth0", "192.0.2.10/32"), want("Example", "eth0", "2001:db8::10/128")}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	errc := make(chan error, 1)
-	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
-	select {
-	case <-ready:
-	case err := <-errc:
-		t.Fatal(err)
-	}
+	stop := startWatch(t, p, ws)
 	has := func(s string) func() bool {
 		return func() bool { return strings.Contains(n.addrs(t, "eth0"), s) }
 	}
@@ -31,10 +23,7 @@ func TestProvisionWatchReaddsDeletedAddress(t *testing.T) {
 	}
 	ip(t, "-n", n.name, "addr", "flush", "dev", "eth0")
 	eventually(t, "re-added after ip addr flush", func() bool { return has("192.0.2.10/32")() && has("2001:db8::10/128")() })
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatalf("watch returned %v", err)
-	}
+	stop()
 }
 
 // TestProvisionWatchSurvivesFlush: "ip addr flush" of thousands of binding
@@ -49,25 +38,14 @@ func TestProvisionWatchSurvivesFlush(t *testing.T) {
 	for i := range 2000 {
 		ws = append(ws, want(fmt.Sprintf("b%d", i), "eth0", fmt.Sprintf("10.77.%d.%d/32", i/250, i%250+1)))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	errc := make(chan error, 1)
-	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
-	select {
-	case <-ready:
-	case err := <-errc:
-		t.Fatal(err)
-	}
+	stop := startWatch(t, p, ws)
 	count := func() int { return strings.Count(n.addrs(t, "eth0"), "inet 10.77.") }
 	if c := count(); c != len(ws) {
 		t.Fatalf("after the first pass %d addresses, want %d", c, len(ws))
 	}
 	ip(t, "-n", n.name, "addr", "flush", "dev", "eth0")
 	eventually(t, "every address back after the flush", func() bool { return count() == len(ws) })
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatalf("watch returned %v", err)
-	}
+	stop()
 	if !strings.Contains(logs.String(), "disappeared; added it again") {
 		t.Errorf("no log line says an address was re-added:\n%.2000s", logs.String())
 	}
@@ -82,7 +60,23 @@ func TestProvisionWatchLocalRouteRemoved(t *testing.T) {
 	ip(t, "-n", n.name, "route", "add", "local", "198.51.100.0/24", "dev", "lo")
 	p := newProv(t, n, t.TempDir(), slog.New(slog.DiscardHandler))
 	ws := []Want{want("Any", "eth0", "198.51.100.7/32")}
+	stop := startWatch(t, p, ws)
+	if strings.Contains(n.addrs(t, "eth0"), "198.51.100.7") {
+		t.Fatal("a covered address was added")
+	}
+	ip(t, "-n", n.name, "route", "del", "local", "198.51.100.0/24", "dev", "lo")
+	eventually(t, "the address added once its local route went", func() bool {
+		return strings.Contains(n.addrs(t, "eth0"), "198.51.100.7/32")
+	})
+	stop()
+}
+
+// startWatch runs p.Watch on ws and returns once its first pass has run;
+// stop ends it and fails the test if Watch returned an error.
+func startWatch(t *testing.T, p *Provisioner, ws []Want) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	ready := make(chan struct{})
 	errc := make(chan error, 1)
 	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
@@ -91,15 +85,11 @@ func TestProvisionWatchLocalRouteRemoved(t *testing.T) {
 	case err := <-errc:
 		t.Fatal(err)
 	}
-	if strings.Contains(n.addrs(t, "eth0"), "198.51.100.7") {
-		t.Fatal("a covered address was added")
-	}
-	ip(t, "-n", n.name, "route", "del", "local", "198.51.100.0/24", "dev", "lo")
-	eventually(t, "the address added once its local route went", func() bool {
-		return strings.Contains(n.addrs(t, "eth0"), "198.51.100.7/32")
-	})
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatalf("watch returned %v", err)
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("watch returned %v", err)
+		}
 	}
 }
