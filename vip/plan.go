@@ -118,21 +118,23 @@ func relabelled(o owned, hs *host, link int) bool {
 }
 
 // planEnsure decides what happens to one wanted address; removed holds the
-// addresses the prune steps take off their interfaces.
+// addresses the prune steps take off their interfaces. An address a local
+// route makes bindable needs no interface, so a missing Interface is an
+// error only for an address that must be added.
 func planEnsure(w Want, hs *host, removed map[addrLink]bool) step {
 	s := step{Result: Result{Want: w}}
 	a := w.Prefix.Addr()
-	link, ok := hs.links[w.Interface]
-	switch {
-	case w.Interface == "":
-		s.Status, s.Err = Failed, fmt.Errorf("no interface: set Interface globally or in the binding")
-		return s
-	case !ok:
-		s.Status, s.Err = Failed, fmt.Errorf("interface %q does not exist", w.Interface)
-		return s
-	case hs.on(a, link):
+	link, linkOK := hs.links[w.Interface]
+	if linkOK && hs.on(a, link) {
 		s.Status = Present
 		return s
+	}
+	var ifaceErr error
+	switch {
+	case w.Interface == "":
+		ifaceErr = fmt.Errorf("no interface: set Interface globally or in the binding")
+	case !linkOK:
+		ifaceErr = fmt.Errorf("interface %q does not exist", w.Interface)
 	}
 	leaving := false
 	for _, ha := range hs.addrs[a] {
@@ -140,7 +142,10 @@ func planEnsure(w Want, hs *host, removed map[addrLink]bool) step {
 			leaving = true
 			continue
 		}
-		s.Status, s.Err = Failed, fmt.Errorf("address is already configured on interface %s; remove it there or change the binding's Interface", hs.linkName(ha.link))
+		s.Status, s.Err = Failed, ifaceErr
+		if ifaceErr == nil {
+			s.Err = fmt.Errorf("address is already configured on interface %s; remove it there or change the binding's Interface", hs.linkName(ha.link))
+		}
 		return s
 	}
 	// An address leaving an interface loses its own host route; only a
@@ -149,11 +154,14 @@ func planEnsure(w Want, hs *host, removed map[addrLink]bool) step {
 	switch {
 	case ok:
 		s.Status, s.Note = Covered, fmt.Sprintf("local route %s dev %s covers it; not added", r.Prefix, hs.linkName(r.Link))
-		return s
-	case covered:
-		s.Note = "added: " + unbindable6(r, hs)
+	case ifaceErr != nil:
+		s.Status, s.Err = Failed, ifaceErr
+	default:
+		if covered {
+			s.Note = unbindable6(r, hs)
+		}
+		s.Status, s.op, s.link = Added, opAdd, link
 	}
-	s.Status, s.op, s.link = Added, opAdd, link
 	return s
 }
 

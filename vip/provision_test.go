@@ -205,8 +205,8 @@ func TestProvisionLocalRoutes(t *testing.T) {
 		nonlocal6 string
 		want      string
 	}{
-		{"ip_nonlocal_bind=0", "0", "127.0.0.6=covered 198.51.100.7=covered 2001:db8:100::5=added 192.0.2.10=added"},
-		{"ip_nonlocal_bind=1", "1", "127.0.0.6=covered 198.51.100.7=covered 2001:db8:100::5=covered 192.0.2.10=added"},
+		{"ip_nonlocal_bind=0", "0", "127.0.0.6=covered 198.51.100.7=covered 2001:db8:100::5=added 192.0.2.10=added 127.0.0.7=covered"},
+		{"ip_nonlocal_bind=1", "1", "127.0.0.6=covered 198.51.100.7=covered 2001:db8:100::5=covered 192.0.2.10=added 127.0.0.7=covered"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -220,6 +220,7 @@ func TestProvisionLocalRoutes(t *testing.T) {
 				want("Any4", "eth0", "198.51.100.7/32"),
 				want("Any6", "eth0", "2001:db8:100::5/128"),
 				want("Plain", "eth0", "192.0.2.10/32"),
+				want("LoopNoIf", "", "127.0.0.7/32"),
 			}
 			dry, err := p.Provision(ws, Options{DryRun: true})
 			if err != nil {
