@@ -43,10 +43,11 @@ type Presence struct {
 }
 
 // NewPresence starts following the host's addresses and local routes until
-// ctx is done, logging changes to log (nil: slog.Default).
+// ctx is done, logging changes to log (nil: nowhere; the command passes the
+// logger it built, so --log-format applies to these lines too).
 func NewPresence(ctx context.Context, log *slog.Logger) (*Presence, error) {
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	// The milter has no CAP_NET_ADMIN, so the buffer is capped at
 	// net.core.rmem_max; an overflow costs a re-reading, nothing more.
