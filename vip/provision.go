@@ -189,10 +189,17 @@ func (p *Provisioner) apply(pl *plan, st *state) error {
 			adds = append(adds, &pl.ensure[i])
 		}
 	}
+	var addErr error
 	if len(adds) > 0 {
-		errs, err := p.addBatched(adds)
-		if err != nil {
-			return err
+		var errs []error
+		errs, addErr = p.addBatched(adds)
+		if addErr != nil {
+			// Which adds the kernel took is unknown; the prunes are
+			// done and still recorded.
+			errs = make([]error, len(adds))
+			for i := range errs {
+				errs[i] = addErr
+			}
 		}
 		for i, e := range errs {
 			if e != nil {
@@ -206,9 +213,9 @@ func (p *Provisioner) apply(pl *plan, st *state) error {
 	// Nothing changed (e.g. every add refused without CAP_NET_ADMIN): the
 	// record is unchanged and the state directory need not be writable.
 	if !changed {
-		return nil
+		return addErr
 	}
-	return st.save(p.stateDir)
+	return errors.Join(addErr, st.save(p.stateDir))
 }
 
 // Summary counts results by status, e.g. "2 added, 3 present, 0 errors";
