@@ -18,10 +18,12 @@ import (
 
 // Presence tracks which addresses the host can bind and implements
 // sieve.Liveness: a group skips members whose address is missing. An
-// address is present when it is on an interface or a local route makes it
-// bindable (see bindable: 127.0.0.0/8 on lo, AnyIP prefixes). Reading
-// addresses and routes and subscribing to their events needs no privilege,
-// so the milter does it as its unprivileged user.
+// address is present when it is on an interface, or when a route of type
+// local covers it (127.0.0.0/8 on lo, an AnyIP prefix such as "ip -6 route
+// add local 2001:db8:100::/64 dev lo") and the kernel would let a socket
+// bind it: IPv4 always, IPv6 only with net.ipv6.ip_nonlocal_bind=1.
+// Reading addresses and routes and subscribing to their events needs no
+// privilege, so the milter does it as its unprivileged user.
 //
 // Live is called for every message, so it only takes a read lock and looks
 // up maps; the netlink work happens on one goroutine of its own.
