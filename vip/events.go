@@ -97,21 +97,23 @@ func subscribe(ctx context.Context, ns *netns.NsHandle, rcvbuf int, log *slog.Lo
 type subscription struct {
 	addrs  chan netlink.AddrUpdate
 	routes chan netlink.RouteUpdate
-	done   chan struct{}
+	done   chan struct{} // nil: nothing to close
+	closed bool
 }
 
 func openSubscription(ns *netns.NsHandle, rcvbuf int, log *slog.Logger) (*subscription, error) {
+	done := make(chan struct{})
 	s := &subscription{
 		addrs:  make(chan netlink.AddrUpdate, 1024),
 		routes: make(chan netlink.RouteUpdate, 1024),
-		done:   make(chan struct{}),
+		done:   done,
 	}
 	// The library reports malformed or unexpected messages here and
 	// carries on; a fatal error also closes the channel, which subscribe
 	// acts on.
 	report := func(err error) {
 		select {
-		case <-s.done: // closed by us: the receive error is the close
+		case <-done: // closed by us: the receive error is the close
 		default:
 			log.Warn("address events", "err", err)
 		}
@@ -141,11 +143,11 @@ func openSubscription(ns *netns.NsHandle, rcvbuf int, log *slog.Logger) (*subscr
 
 // close ends both subscriptions.
 func (s *subscription) close() {
-	if s.done == nil {
+	if s.done == nil || s.closed {
 		return
 	}
 	close(s.done)
-	s.done = nil
+	s.closed = true
 	// The library's receivers block while their channel is full, and only
 	// a receiver that gets back to its closed socket ends and closes its
 	// channel: drain both so they do.
