@@ -29,8 +29,9 @@ such as "ip -6 route add local 2001:db8:100::/64 dev lo"): it prints
 address detection so Postfix can bind them at once.
 
 It prints one line per address (added, present, covered, would add,
-removed, forgotten, error) and a summary, and exits 1 if any declared address could not be ensured
-(missing interface, address already on another interface, no permission).
+removed, forgotten, error) and a summary, and exits 1 if any declared
+address could not be ensured (missing interface, address already on
+another interface, no permission).
 
 Ownership: the addresses it adds are recorded in State_Dir
 (provisioned.json) and IPv4 ones carry the label IFACE:vip. --prune removes
@@ -39,10 +40,11 @@ never the host's primary address or any address someone else configured
 (an IPv4 address it added that now lacks the label was configured again by
 hand: it is "forgotten", left alone and dropped from the record).
 
---dry-run changes nothing and prints the plan the real run would carry out
-(would add, would remove, would forget). --watch stays running: it re-adds a binding
-address that disappears (network manager restart, ip addr flush), tells
-systemd when ready (Type=notify) and re-reads the file on SIGHUP.
+--dry-run changes nothing and prints the plan the real run would carry
+out (would add, would remove, would forget). --watch stays running: it
+re-adds a binding address that disappears (network manager restart, ip
+addr flush, its local route removed), tells systemd when ready
+(Type=notify) and re-reads the file on SIGHUP.
 
 Needs CAP_NET_ADMIN (root, or vipmilter-provision.service).`
 
