@@ -22,21 +22,29 @@ const provisionHelp = `Put every binding address on the host, over netlink.
 provision adds each Bind_Address to its interface (Interface, globally or
 per binding) with the prefix length of Bind_Prefix / Bind_Prefix6 (default
 /32 and /128) unless the address says "addr/len". An address already there
-is left alone, so running it again changes nothing. IPv6 addresses are
-added without duplicate address detection so Postfix can bind them at once.
+is left alone, so running it again changes nothing; so is an address a
+local route already makes bindable (127.0.0.0/8 on lo, an AnyIP prefix
+such as "ip -6 route add local 2001:db8:100::/64 dev lo"): it prints
+"covered" and the route. IPv6 addresses are added without duplicate
+address detection so Postfix can bind them at once.
 
-It prints one line per address (added, present, would add, removed, error)
-and a summary, and exits 1 if any declared address could not be ensured
-(missing interface, address already on another interface, no permission).
+It prints one line per address (added, present, covered, would add,
+removed, forgotten, error) and a summary, and exits 1 if any declared
+address could not be ensured (missing interface, address already on
+another interface, no permission).
 
 Ownership: the addresses it adds are recorded in State_Dir
 (provisioned.json) and IPv4 ones carry the label IFACE:vip. --prune removes
 addresses it added that the file no longer declares, and nothing else:
-never the host's primary address or any address someone else configured.
+never the host's primary address or any address someone else configured
+(an IPv4 address it added that now lacks the label was configured again by
+hand: it is "forgotten", left alone and dropped from the record).
 
---dry-run changes nothing. --watch stays running: it re-adds a binding
-address that disappears (network manager restart, ip addr flush), tells
-systemd when ready (Type=notify) and re-reads the file on SIGHUP.
+--dry-run changes nothing and prints the plan the real run would carry
+out (would add, would remove, would forget). --watch stays running: it
+re-adds a binding address that disappears (network manager restart, ip
+addr flush, its local route removed), tells systemd when ready
+(Type=notify) and re-reads the file on SIGHUP.
 
 Needs CAP_NET_ADMIN (root, or vipmilter-provision.service).`
 
@@ -83,23 +91,13 @@ func cmdProvision(c *cli, args []string) error {
 }
 
 // provisionOnce prints one line per address and a summary; failed is true
-// when any declared address is not on the host.
+// when any declared address is not on the host. A dry run prints the plan
+// the real run would carry out.
 func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bool) (failed bool, err error) {
-	wants := vip.Wants(cfg)
-	// Prune first: a binding address moved to another interface is then
-	// removed from the old one before Ensure adds it to the new one, in
-	// one run.
-	var pruned []vip.Result
-	if prune {
-		if pruned, err = p.Prune(wants, dry); err != nil {
-			return true, err
-		}
-	}
-	rs, err := p.Ensure(wants, dry)
+	rs, err := p.Provision(vip.Wants(cfg), vip.Options{Prune: prune, DryRun: dry})
 	if err != nil {
 		return true, err
 	}
-	rs = append(rs, pruned...)
 	for _, r := range rs {
 		fmt.Fprintln(c.stdout, r)
 		failed = failed || r.Status == vip.Failed
