@@ -31,7 +31,7 @@ func cmdServe(c *cli, args []string) error {
 	fs := c.flags("serve")
 	path := configFlag(fs)
 	newLog := logFlags(fs)
-	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long sessions in flight may finish on SIGTERM")
+	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long (`DURATION`, e.g. 30s) sessions in flight may take to finish on SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
