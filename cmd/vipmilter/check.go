@@ -36,9 +36,6 @@ func cmdCheck(c *cli, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return &exitError{code: 2, err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
 	cfg, pol, err := loadPolicy(*path)
 	if err != nil {
 		printErrors(c.stderr, err)

@@ -228,7 +228,9 @@ func (c *cli) flags(name string) *flagSet {
 }
 
 // Parse parses flags and positional arguments in any order; "--" ends the
-// flags. After it, Args/NArg/Arg return the positional arguments.
+// flags. A command whose table row declares no parameters takes no
+// positional argument. After Parse, Args/NArg/Arg return the positional
+// arguments.
 func (fs *flagSet) Parse(args []string) error {
 	if fs.c.describing {
 		fs.c.described = fs
@@ -253,6 +255,9 @@ func (fs *flagSet) Parse(args []string) error {
 		}
 		pos = append(pos, rest[0])
 		args = rest[1:]
+	}
+	if fs.cmd.params == "" && len(pos) > 0 {
+		return &exitError{2, fmt.Errorf("unexpected argument %q\nusage: %s", pos[0], fs.synopsis())}
 	}
 	// Leaves the positional arguments as the flag set's Args.
 	return fs.FlagSet.Parse(append([]string{"--"}, pos...))

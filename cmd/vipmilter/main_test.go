@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -61,30 +62,40 @@ func TestCommandHelp(t *testing.T) {
 	}
 }
 
-// TestInterspersedFlags: for every command, flags after positional
-// arguments are flags, "--" ends them, an unknown flag is a usage error.
+// TestInterspersedFlags: for every command that takes arguments, flags
+// after them are flags and "--" ends the flags; a command that takes none
+// refuses one (exit 2); an unknown flag is a usage error.
 func TestInterspersedFlags(t *testing.T) {
 	for _, cmd := range commands {
 		t.Run(cmd.name, func(t *testing.T) {
-			for _, tc := range []struct {
-				args, pos []string
-			}{
-				{[]string{"a", "b"}, []string{"a", "b"}},
-				{[]string{"a", "--", "-h", "b"}, []string{"a", "-h", "b"}},
-				{[]string{"-", "b"}, []string{"-", "b"}},
-			} {
-				fs := parseWith(t, &cmd, tc.args)
-				if got := fs.Args(); strings.Join(got, "|") != strings.Join(tc.pos, "|") {
-					t.Errorf("%q: positional %q, want %q", tc.args, got, tc.pos)
+			if cmd.params == "" {
+				fs, _ := describe(&cmd)
+				fs.c.describing = false
+				err := fs.Parse([]string{"extra"})
+				var ee *exitError
+				if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), `unexpected argument "extra"`) {
+					t.Errorf("positional argument: %v, want a usage error", err)
+				}
+			} else {
+				for _, tc := range []struct{ args, pos []string }{
+					{[]string{"a", "b"}, []string{"a", "b"}},
+					{[]string{"a", "--", "-h", "b"}, []string{"a", "-h", "b"}},
+					{[]string{"-", "b"}, []string{"-", "b"}},
+				} {
+					fs := parseWith(t, &cmd, tc.args)
+					if got := fs.Args(); strings.Join(got, "|") != strings.Join(tc.pos, "|") {
+						t.Errorf("%q: positional %q, want %q", tc.args, got, tc.pos)
+					}
 				}
 			}
-			// Every flag that takes a value, after a positional argument.
+			// Every flag that takes a value, between positional arguments
+			// when the command takes them.
 			fs, _ := describe(&cmd)
 			fs.VisitAll(func(f *flagVar) {
 				if isBool(f) {
 					return
 				}
-				val := f.DefValue
+				var val string
 				switch {
 				case strings.Contains(f.Usage, "LEVEL"):
 					val = "debug"
@@ -95,15 +106,19 @@ func TestInterspersedFlags(t *testing.T) {
 				default:
 					val = "x" + f.DefValue
 				}
-				got := parseWith(t, &cmd, []string{"pos", "--" + f.Name, val, "last"})
-				if v := got.Lookup(f.Name).Value.String(); v != val {
-					t.Errorf("--%s after an argument: value %q, want %q", f.Name, v, val)
+				args, pos := []string{"--" + f.Name, val}, []string(nil)
+				if cmd.params != "" {
+					args, pos = append(append([]string{"pos"}, args...), "last"), []string{"pos", "last"}
 				}
-				if a := got.Args(); len(a) != 2 || a[0] != "pos" || a[1] != "last" {
-					t.Errorf("--%s after an argument: positional %q", f.Name, a)
+				got := parseWith(t, &cmd, args)
+				if v := got.Lookup(f.Name).Value.String(); v != val {
+					t.Errorf("%q: --%s = %q, want %q", args, f.Name, v, val)
+				}
+				if a := got.Args(); strings.Join(a, "|") != strings.Join(pos, "|") {
+					t.Errorf("%q: positional %q, want %q", args, a, pos)
 				}
 			})
-			if code, _, errOut := run(cmd.name, "arg", "--no-such-flag"); code != 2 || !strings.Contains(errOut, "usage: vipmilter "+cmd.name) {
+			if code, _, errOut := run(cmd.name, "--no-such-flag"); code != 2 || !strings.Contains(errOut, "usage: vipmilter "+cmd.name) {
 				t.Errorf("unknown flag: exit %d, stderr %s", code, errOut)
 			}
 		})

@@ -35,9 +35,6 @@ func cmdServe(c *cli, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return &exitError{2, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
 	log, err := newLog()
 	if err != nil {
 		return err

@@ -33,9 +33,6 @@ func cmdVersion(c *cli, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return &exitError{2, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
 	bi, _ := debug.ReadBuildInfo()
 	info := readVersion(bi, version)
 	if !*asJSON {
