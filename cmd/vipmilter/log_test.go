@@ -107,7 +107,7 @@ func TestServeUsageErrors(t *testing.T) {
 		{"socket directory, json", []string{"--log-format", "json"}, []string{"directory " + missing + " does not exist"}, true},
 		{"log format", []string{"--log-format", "yaml"}, []string{`--log-format "yaml": want text or json`}, false},
 		{"log level", []string{"--log-level", "loud"}, []string{"--log-level"}, false},
-		{"argument", []string{"extra"}, []string{`unexpected argument "extra"`}, false},
+		{"argument", []string{"extra"}, []string{`unexpected arguments ["extra"]`}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startServe(t, conf, tc.args...)

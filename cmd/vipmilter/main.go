@@ -257,7 +257,7 @@ func (fs *flagSet) Parse(args []string) error {
 		args = rest[1:]
 	}
 	if fs.cmd.params == "" && len(pos) > 0 {
-		return &exitError{2, fmt.Errorf("unexpected argument %q\nusage: %s", pos[0], fs.synopsis())}
+		return &exitError{2, fmt.Errorf("unexpected arguments %q\nusage: %s", pos, fs.synopsis())}
 	}
 	// Leaves the positional arguments as the flag set's Args.
 	return fs.FlagSet.Parse(append([]string{"--"}, pos...))

@@ -73,7 +73,7 @@ func TestInterspersedFlags(t *testing.T) {
 				fs.c.describing = false
 				err := fs.Parse([]string{"extra"})
 				var ee *exitError
-				if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), `unexpected argument "extra"`) {
+				if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), `unexpected arguments ["extra"]`) {
 					t.Errorf("positional argument: %v, want a usage error", err)
 				}
 			} else {
