@@ -10,7 +10,8 @@
 #   make install    DESTDIR-aware install of binary, units, example config
 
 GO        ?= go
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Empty outside a git checkout: the binary then reports its build info.
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null)
 LDFLAGS   := -X main.version=$(VERSION)
 DESTDIR   ?=
 PREFIX    ?= /usr
