@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -111,5 +113,39 @@ func logFlags(fs *flagSet) func() (*slog.Logger, error) {
 func logErrors(log *slog.Logger, msg string, err error) {
 	for _, e := range unfold(err) {
 		log.Error(msg, "err", e)
+	}
+}
+
+// logged returns a copy of c for a daemon: every line the command prints
+// becomes a record of log (standard output at Info, standard error at
+// Error), so the daemon's output is in one format.
+func (c *cli) logged(log *slog.Logger) *cli {
+	return &cli{stdin: c.stdin, log: log,
+		stdout: &lineLogger{log: log, level: slog.LevelInfo},
+		stderr: &lineLogger{log: log, level: slog.LevelError}}
+}
+
+// lineLogger logs every complete line written to it as one record whose
+// message is the line.
+type lineLogger struct {
+	log   *slog.Logger
+	level slog.Level
+	mu    sync.Mutex
+	buf   []byte
+}
+
+func (w *lineLogger) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		if line := string(bytes.TrimSpace(w.buf[:i])); line != "" {
+			w.log.Log(context.Background(), w.level, line)
+		}
+		w.buf = w.buf[i+1:]
 	}
 }

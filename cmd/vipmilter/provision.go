@@ -49,6 +49,9 @@ func cmdProvision(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *watch {
+		c = c.logged(log) // a daemon: its result lines are log lines too
+	}
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
