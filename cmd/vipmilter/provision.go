@@ -5,13 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"strconv"
 	"sync"
-	"syscall"
-
-	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/vip"
@@ -55,8 +49,16 @@ func cmdProvision(c *cli, args []string) error {
 	prune := fs.Bool("prune", false, "also remove addresses vipmilter added that the file no longer declares")
 	watch := fs.Bool("watch", false, "stay running and re-add binding addresses that disappear")
 	stateDir := fs.String("state-dir", "", "record owned addresses in `DIR` instead of the file's State_Dir")
+	newLog := logFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	log, err := newLog()
+	if err != nil {
+		return err
+	}
+	if *watch {
+		c = c.logged(log) // a daemon: its result lines are log lines too
 	}
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
@@ -64,7 +66,7 @@ func cmdProvision(c *cli, args []string) error {
 	if *watch && *dry {
 		return &exitError{2, errors.New("--watch and --dry-run exclude each other")}
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := loadConfig(*path)
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{1, errors.New("")}
@@ -72,7 +74,7 @@ func cmdProvision(c *cli, args []string) error {
 	if *stateDir != "" {
 		cfg.StateDir = *stateDir
 	}
-	p, err := vip.NewProvisioner(nil, cfg.StateDir, slog.New(slog.NewTextHandler(c.stderr, nil)))
+	p, err := vip.NewProvisioner(nil, cfg.StateDir, log)
 	if err != nil {
 		return err
 	}
@@ -87,7 +89,7 @@ func cmdProvision(c *cli, args []string) error {
 		}
 		return nil
 	}
-	return provisionWatch(c, p, *path, cfg, *prune)
+	return provisionWatch(c, log, p, *path, cfg, *prune)
 }
 
 // provisionOnce prints one line per address and a summary; failed is true
@@ -106,8 +108,7 @@ func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bo
 	return failed, nil
 }
 
-func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config, prune bool) error {
-	log := slog.New(slog.NewTextHandler(c.stderr, nil))
+func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, cfg *config.Config, prune bool) error {
 	var mu sync.Mutex
 	current := vip.Wants(cfg)
 	wants := func() []vip.Want {
@@ -115,34 +116,19 @@ func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config,
 		defer mu.Unlock()
 		return current
 	}
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	errc := make(chan error, 1)
-	go func() {
-		errc <- p.Watch(ctx, wants, func() {
-			daemon.SdNotify(false, daemon.SdNotifyReady)
-			log.Info("watching binding addresses", "addresses", len(wants()))
-		})
-	}()
-	for {
-		select {
-		case err := <-errc:
-			return err
-		case s := <-sigs:
-			if s != syscall.SIGHUP {
-				daemon.SdNotify(false, daemon.SdNotifyStopping)
-				stop()
-				return <-errc
-			}
-			daemon.SdNotify(false, daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
-			next, err := config.Load(path)
+	return runDaemon(log, service{
+		name: "provisioner",
+		run: func(ctx context.Context, ready func()) error {
+			return p.Watch(ctx, wants, func() {
+				ready()
+				log.Info("watching binding addresses", "addresses", len(wants()))
+			})
+		},
+		reload: func() {
+			next, err := loadConfig(path)
 			if err != nil {
-				log.Error("reload failed; keeping the previous binding file", "err", err)
-				daemon.SdNotify(false, daemon.SdNotifyReady)
-				continue
+				logErrors(log, "reload failed; keeping the previous binding file", err)
+				return
 			}
 			mu.Lock()
 			current = vip.Wants(next)
@@ -151,7 +137,6 @@ func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config,
 				log.Error("provisioning after reload", "err", err)
 			}
 			log.Info("binding file reloaded", "addresses", len(wants()))
-			daemon.SdNotify(false, daemon.SdNotifyReady)
-		}
-	}
+		},
+	})
 }

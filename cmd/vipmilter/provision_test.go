@@ -282,10 +282,14 @@ Binding "B" { Bind_Address = 192.0.2.40 }`)
 	case <-time.After(20 * time.Second):
 		t.Fatal("still running 20s after SIGTERM")
 	}
-	// The start and the reload each print a summary (the reload's says
-	// "1 added" unless the watcher, reading the new file, got there first).
-	if n := strings.Count(stdout.String(), ", 0 errors"); n != 2 {
-		t.Errorf("want 2 summaries, start and reload, got %d:\n%s", n, stdout.String())
+	// The start and the reload each log a summary (the reload's says
+	// "1 added" unless the watcher, reading the new file, got there first);
+	// a daemon prints nothing outside its logger.
+	if n := strings.Count(stderr.String(), ", 0 errors"); n != 2 {
+		t.Errorf("want 2 summaries, start and reload, got %d:\n%s", n, stderr.String())
+	}
+	if out := stdout.String(); out != "" {
+		t.Errorf("--watch printed outside its logger:\n%s", out)
 	}
 }
 
