@@ -36,6 +36,7 @@ func run() int {
 	onSendmail := flag.Bool("sendmail", false, "run on a private Sendmail 8.17 (Debian's packages, unpacked, never installed) instead of Postfix")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	slog.SetDefault(log) // library lines in the same format
 
 	if err := prerequisites(); err != nil {
 		fmt.Fprintf(os.Stderr, "vipmilter-demo: %v\n", err)

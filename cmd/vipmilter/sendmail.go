@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/sendmail"
 )
 
@@ -37,7 +36,7 @@ func cmdSendmail(c *cli, args []string) error {
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{1, errors.New("")}
