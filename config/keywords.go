@@ -87,7 +87,7 @@ func init() {
 		{Name: "Binding_Header_Key", Scopes: inGlobal, Values: "absolute path", Default: DefaultHeaderKeyFile,
 			Doc: "A per-install secret that the milter writes into every binding header it adds and that the rendered MTA tables require, so that a binding header a client forged (by SMTP or local `sendmail`, on any path, including requeue and a milter that was down) never routes a message. `vipmilter postfix` creates it (mode 0640, readable by the `vipmilter` group) when it does not exist; `vipmilter serve` reads it.",
 			set: setHeaderKeyFile},
-		{Name: "Sendmail_Socketmap", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Default: "none (no Sendmail)",
+		{Name: "Sendmail_Socketmap", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Unset: "none (no Sendmail)",
 			Doc: "Where `vipmilter serve` answers Sendmail's socketmap with the binding and address it decided for each queue id, and where the fragment `vipmilter sendmail` renders points Sendmail. Set it only on a Sendmail host; see docs/sendmail.md.",
 			set: setSendmailSocketmap},
 		{Name: "Binding", Scopes: inGlobal | inGroup, Stanza: true, Repeat: true, Values: "name: `[A-Za-z0-9._-]`, 1–64, case-sensitive",
