@@ -97,14 +97,14 @@ func TestDecide(t *testing.T) {
 		{name: "reject", script: req + `reject "no thanks";`, wantReason: ReasonReject, wantAction: Reject, wantRules: "script"},
 		{name: "ereject", script: req + `ereject "go away";`, wantReason: ReasonReject, wantAction: Reject, wantRules: "script"},
 		{name: "keep is a no-op", script: req + `keep; set "binding" "B";`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
-		{name: "unknown name default", script: req + `set "binding" "Nope";`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "script,error,fallback"},
-		{name: "unknown name tempfail", script: req + `set "binding" "Nope";`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "script,error"},
+		{name: "unknown name default", script: req + `set "x" "Nope"; set "binding" "${x}";`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "script,error,fallback"},
+		{name: "unknown name tempfail", script: req + `set "x" "Nope"; set "binding" "${x}";`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "script,error"},
 		{name: "runtime error default", script: req + `if envelope "${x}" "y" { set "binding" "B"; }`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "error,fallback"},
 		{name: "runtime error tempfail", script: req + `if envelope "${x}" "y" { set "binding" "B"; }`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "error"},
 	}
 	envItems := map[string]string{
 		"remote-ip": "127.0.0.9", "remote-host": "client.example", "host": host, "name": "vipmilter",
-		"version": Version, "phase": "during", "vnd.vipmilter.helo": "helo.example",
+		"version": buildVersion(), "phase": "during", "vnd.vipmilter.helo": "helo.example",
 		"vnd.vipmilter.queue-id": "4ABC", "vnd.vipmilter.daemon": "submission",
 	}
 	if _, d, ok := strings.Cut(host, "."); ok {
@@ -382,8 +382,8 @@ func TestGroupNoMemberCanSend(t *testing.T) {
 			if d.Unavailable != 1 {
 				t.Errorf("Decision.Unavailable = %d, want 1", d.Unavailable)
 			}
-			if p.MissingSkips() != 1 {
-				t.Errorf("MissingSkips = %d, want 1", p.MissingSkips())
+			if p.missing.Load() != 1 {
+				t.Errorf("missing = %d, want 1", p.missing.Load())
 			}
 		})
 	}
