@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/textproto"
@@ -53,6 +54,71 @@ func (m *Message) AddHeader(name, value string) {
 		m.Header = make(textproto.MIMEHeader)
 	}
 	m.Header.Add(name, headerValue(value))
+}
+
+// Parse fills m from a whole RFC 5322 message as an MTA would pass it to
+// the milter: every header field through AddHeader, in order and still
+// folded; Size as the length of raw; and, when withBody is true, Body
+// capped at maxBody bytes (0: no cap). A leading mbox "From " line is
+// skipped. A header line that is neither a field nor a continuation is an
+// error naming its line; raw without an empty line is all header.
+func (m *Message) Parse(raw []byte, withBody bool, maxBody int64) error {
+	m.Size = len(raw)
+	rest := raw
+	if bytes.HasPrefix(rest, []byte("From ")) {
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			rest = rest[i+1:]
+		}
+	}
+	var name string
+	var value strings.Builder
+	flush := func() {
+		if name != "" {
+			m.AddHeader(name, value.String())
+		}
+		name = ""
+		value.Reset()
+	}
+	for line := 1; len(rest) > 0; line++ {
+		end := bytes.IndexByte(rest, '\n')
+		var l []byte
+		if end < 0 {
+			l, rest = rest, nil
+		} else {
+			l, rest = rest[:end+1], rest[end+1:]
+		}
+		text := strings.TrimRight(string(l), "\r\n")
+		switch {
+		case text == "":
+			flush()
+			if withBody {
+				m.Body = rest
+				if maxBody > 0 && int64(len(m.Body)) > maxBody {
+					m.Body = m.Body[:maxBody]
+				}
+			}
+			return nil
+		case text[0] == ' ' || text[0] == '\t':
+			if name == "" {
+				return fmt.Errorf("line %d: continuation line before any header field", line)
+			}
+			value.WriteString("\r\n")
+			value.WriteString(text)
+		default:
+			flush()
+			n, v, ok := strings.Cut(text, ":")
+			if !ok || n == "" || strings.ContainsAny(n, " \t") {
+				return fmt.Errorf("line %d: not a header field (no \"name:\")", line)
+			}
+			name = n
+			value.WriteString(v)
+		}
+	}
+	flush()
+	if withBody {
+		m.Body = []byte{}
+	}
+	return nil
 }
 
 // headerValue unfolds a raw field value (RFC 5322 §2.2.3: the line break
