@@ -37,6 +37,10 @@ var extensions = map[string]bool{
 // commands and tests map each name the policy may use to the extension it
 // needs ("" for the RFC 5228 core).
 var (
+	tags = map[string]string{
+		"count": "relational", "value": "relational", "user": "subaddress",
+		"detail": "subaddress", "copy": "copy",
+	}
 	commands = map[string]string{
 		"require": "", "if": "", "elsif": "", "else": "", "stop": "", "keep": "",
 		"discard": "", "redirect": "", "fileinto": "fileinto",
@@ -125,6 +129,7 @@ func (e *scriptErrors) check(cmds []parser.Cmd, cfg *config.Config) {
 		case ext != "" && !required[ext]:
 			e.add(t.Position, "test %q needs require %q", t.Id, ext)
 		}
+		e.checkTags(t.Args, required)
 		for _, sub := range t.Tests {
 			test(sub)
 		}
@@ -153,6 +158,7 @@ func (e *scriptErrors) check(cmds []parser.Cmd, cfg *config.Config) {
 			case id == "set":
 				e.checkBinding(c, cfg)
 			}
+			e.checkTags(c.Args, required)
 			for _, t := range c.Tests {
 				test(t)
 			}
@@ -160,6 +166,17 @@ func (e *scriptErrors) check(cmds []parser.Cmd, cfg *config.Config) {
 		}
 	}
 	walk(cmds)
+}
+
+// checkTags reports a tag of an extension the script did not require.
+func (e *scriptErrors) checkTags(args []parser.Arg, required map[string]bool) {
+	for _, a := range args {
+		if tag, ok := a.(parser.TagArg); ok {
+			if ext := tags[strings.ToLower(tag.Value)]; ext != "" && !required[ext] {
+				e.add(tag.Position, "tag :%s needs require %q", tag.Value, ext)
+			}
+		}
+	}
 }
 
 func supportedList() string {
@@ -272,6 +289,18 @@ var posRE = regexp.MustCompile(`(\d+):(\d+): `)
 // errors and mean nothing to an administrator.
 var interpWords = regexp.MustCompile(`(LoadCmd|LoadTest) \S+: |LoadSpec: |LoadBlock: |loadRequire: |go-sieve/lexer: |unknown-position: |invalid-position: `)
 
+// interpPhrases turn go-sieve's wording into vipmilter's.
+var interpPhrases = strings.NewReplacer(
+	"missing require", "needs require",
+	"unknown tagged argument: ", "unknown tag :",
+	"reading arguments: expected semicolon or arguments or block, got EOF", "missing \";\" or block at the end of the script",
+	"reading arguments: ", "",
+	"reading test list: ", "in test list: ",
+	"reading string list: ", "in string list: ",
+)
+
+var argRequired = regexp.MustCompile(`^(\d+) argument is required$`)
+
 // addInterp records an error go-sieve returned, at its own position or, if
 // it has none, at def.
 func (e *scriptErrors) addInterp(err error, def lexer.Position) {
@@ -282,7 +311,10 @@ func (e *scriptErrors) addInterp(err error, def lexer.Position) {
 		msg = msg[:loc[0]] + msg[loc[1]:]
 	}
 	msg = interpWords.ReplaceAllString(msg, "")
-	msg = strings.ReplaceAll(msg, "missing require", "needs require")
+	msg = interpPhrases.Replace(msg)
+	if m := argRequired.FindStringSubmatch(msg); m != nil {
+		msg = "argument " + m[1] + " is missing"
+	}
 	if pos.Line == 0 {
 		e.list = append(e.list, &config.Error{Pos: config.Pos{File: e.file}, Msg: msg})
 		return

@@ -294,6 +294,11 @@ func TestSplit(t *testing.T) {
 		{name: "first decides", script: req + `if envelope :domain :is "to" "y.example" { set "binding" "B"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "A"},
 		{name: "via variable", script: req + `if string :is "${envelope.to}" "a@x.example" { set "binding" "C"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "C"},
 		{name: "script ignores to", script: req + `set "binding" "B";`, to: []string{"a@x.example", "b@y.example"}, wantBind: "B"},
+		// Sticky members by recipient domain (rendezvous, G1 weight 3):
+		// d1 and d2 go to G1, d5 to G2.
+		{name: "sticky group, domains on different members", script: req + `set "binding" "G";`, to: []string{"a@d1.example", "b@d5.example"}, wantSplit: true, wantBind: "G1"},
+		{name: "sticky group, domains on one member", script: req + `set "binding" "G";`, to: []string{"a@d1.example", "b@d2.example"}, wantBind: "G1"},
+		{name: "sticky group, one domain two spellings", script: req + `set "binding" "G";`, to: []string{"a@d5.example", "b@D5.Example."}, wantBind: "G2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -322,7 +327,15 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "fileinto refused", script: `require "fileinto"; fileinto "x";`, wantErr: "policy.sieve:1:21: fileinto"},
 		{name: "syntax error", script: req + "if header \"a\" {\n", wantErr: "policy.sieve:"},
 		{name: "unknown command", script: req + "frobnicate;", wantErr: "policy.sieve:2:1:"},
-		{name: "missing require", script: `set "binding" "B";`, wantErr: "policy.sieve:1:1:"},
+		{name: "missing require", script: `set "binding" "B";`, wantErr: `policy.sieve:1:1: command "set" needs require "variables"`},
+		{name: "unsupported extension", script: `require ["variables", "vacation"];`, wantErr: `policy.sieve:1:9: extension "vacation" is not supported`},
+		{name: "undeclared binding", script: req + `set "binding" "Nope";`, wantErr: `policy.sieve:2:15: binding "Nope" is not declared`},
+		{name: "typo names the closest", script: req + "if true {\n  set \"binding\" \"g1\";\n}", wantErr: `policy.sieve:3:17: binding "g1" is not declared (did you mean "G1"?)`},
+		{name: "each list member", script: req + `set "binding" "B, Cc";`, wantErr: `policy.sieve:2:15: binding "Cc" is not declared (did you mean "C"?)`},
+		{name: "tag without extension", script: `require "envelope"; if envelope :count "eq" "from" "1" { keep; }`, wantErr: `policy.sieve:1:33: tag :count needs require "relational"`},
+		{name: "unknown test", script: req + `if frob "x" { keep; }`, wantErr: `policy.sieve:2:4: unknown test "frob"`},
+		{name: "interpreter wording replaced", script: req + `if header :frob "a" "b" { keep; }`, wantErr: `policy.sieve:2:11: unknown tag :frob`},
+		{name: "variable value checked at run time", script: req + `set "x" "Nope"; set "binding" "${x}";`},
 		{name: "addflag allowed", script: `require "imap4flags"; addflag "x";`},
 		{name: "headers", script: req + `if address :domain "From" "x" { keep; }`, want: Needs{Headers: true}},
 		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true}},
@@ -334,7 +347,7 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := New(testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
 			if tt.wantErr != "" {
-				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) {
+				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "Load") {
 					t.Fatalf("err = %v, want prefix %q", err, tt.wantErr)
 				}
 				return
