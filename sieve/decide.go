@@ -159,9 +159,16 @@ func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
 			return p.policyError(d, err)
 		}
 	default:
-		if b := p.matchDomain(m.From); b != nil {
+		// The sender's domain is worked out once: canonical form costs
+		// more than the lookup.
+		dom := domainOf(m.From)
+		var b *config.Binding
+		if m.From != "" {
+			b = p.cfg.MatchDomain(dom)
+		}
+		if b != nil {
 			d.Reason = ReasonMatchDomain
-			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: domainOf(m.From) + " -> " + b.Name})
+			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: dom + " -> " + b.Name})
 			if err := p.resolve(b.Name, m, &d); err != nil {
 				return p.policyError(d, err)
 			}
