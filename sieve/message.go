@@ -281,36 +281,32 @@ func (v *view) HeaderGet(key string) ([]string, error) {
 	return d, nil
 }
 
-func (v *view) GetEnvironment(name string) (string, bool) {
-	var s string
-	switch strings.ToLower(name) {
-	case "remote-ip":
-		s = v.m.RemoteIP
-	case "remote-host":
-		s = v.m.RemoteHost
-	case "host":
-		s = v.p.host
-	case "domain":
-		s = v.p.domain
-	case "phase":
-		s = v.m.Phase
-		if s == "" {
-			s = "during"
+// environment maps each RFC 5183 item vipmilter offers (standard and
+// vnd.vipmilter) to its value; other items are not present.
+var environment = map[string]func(v *view) string{
+	"remote-ip":   func(v *view) string { return v.m.RemoteIP },
+	"remote-host": func(v *view) string { return v.m.RemoteHost },
+	"host":        func(v *view) string { return v.p.host },
+	"domain":      func(v *view) string { return v.p.domain },
+	"phase": func(v *view) string {
+		if v.m.Phase == "" {
+			return "during"
 		}
-	case "name":
-		s = "vipmilter"
-	case "version":
-		s = v.p.version
-	case "vnd.vipmilter.helo":
-		s = v.m.Helo
-	case "vnd.vipmilter.queue-id":
-		s = v.m.QueueID
-	case "vnd.vipmilter.daemon":
-		s = v.m.Daemon
-	default:
+		return v.m.Phase
+	},
+	"name":                   func(*view) string { return "vipmilter" },
+	"version":                func(v *view) string { return v.p.version },
+	"vnd.vipmilter.helo":     func(v *view) string { return v.m.Helo },
+	"vnd.vipmilter.queue-id": func(v *view) string { return v.m.QueueID },
+	"vnd.vipmilter.daemon":   func(v *view) string { return v.m.Daemon },
+}
+
+func (v *view) GetEnvironment(name string) (string, bool) {
+	item, ok := environment[strings.ToLower(name)]
+	if !ok {
 		return "", false
 	}
-	return s, true
+	return item(v), true
 }
 
 func (v *view) BodyRaw(context.Context) (io.Reader, error) {

@@ -168,3 +168,28 @@ func TestTestCommandTable(t *testing.T) {
 		})
 	}
 }
+
+// TestTestCommandScriptErrors: test refuses a script check would refuse,
+// with the place and vipmilter's words.
+func TestTestCommandScriptErrors(t *testing.T) {
+	tests := []struct {
+		name, script, want string
+	}{
+		{"undeclared binding", "require \"variables\";\nset \"binding\" \"Newsletter\";\n", `error: policy.sieve:2:15: binding "Newsletter" is not declared in vipmilter.conf (did you mean "Newsletters"?)`},
+		{"list member", "require \"variables\";\nset \"binding\" \"B, Pol\";\n", `error: policy.sieve:2:15: binding "Pol" is not declared in vipmilter.conf (did you mean "Pool"?)`},
+		{"unsupported extension", "require [\"variables\", \"vacation\"];\n", `error: policy.sieve:1:9: extension "vacation" is not supported`},
+		{"missing require", "set \"binding\" \"B\";\n", `error: policy.sieve:1:1: command "set" needs require "variables"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conf, err := messagetable.Row{Name: tt.name, Script: tt.script}.WriteFiles(t.TempDir(), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, _, errOut := run("test", "-c", conf, "--from", "a@x.example", "--to", "r@d.example")
+			if code != 1 || !strings.Contains(errOut, tt.want) || strings.Contains(errOut, "Load") {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, errOut, tt.want)
+			}
+		})
+	}
+}

@@ -42,25 +42,25 @@ type Envelope struct {
 	Auth       string   // SASL login, "" for none
 }
 
-// SMTPUTF8 reports whether the envelope needs the SMTPUTF8 extension
-// (RFC 6531): an address with non-ASCII characters.
-func (e Envelope) SMTPUTF8() bool {
-	for _, a := range append([]string{e.From}, e.To...) {
-		for i := 0; i < len(a); i++ {
-			if a[i] >= 0x80 {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // Message is one message of a row and the decision it must get.
 type Message struct {
 	Envelope Envelope
 	Raw      string // the whole RFC 5322 message, CRLF line ends
 	Binding  string // the binding the policy must choose
 	Split    bool   // whether recipients would have been placed apart
+}
+
+// SMTPUTF8 reports whether sending m needs the SMTPUTF8 extension
+// (RFC 6531): a non-ASCII envelope address or header.
+func (m Message) SMTPUTF8() bool {
+	for _, s := range append([]string{m.Envelope.From, m.Raw}, m.Envelope.To...) {
+		for i := 0; i < len(s); i++ {
+			if s[i] >= 0x80 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Row is one case: a policy and the messages sent, in order, in one SMTP
@@ -116,6 +116,11 @@ func one(e Envelope, raw, binding string) []Message {
 	return []Message{{Envelope: e, Raw: raw, Binding: binding}}
 }
 
+// toMany is a plain message to several recipients.
+func toMany(binding string, split bool, to ...string) []Message {
+	return []Message{{Envelope: env("u@sender.example", to...), Raw: msg("From: u@sender.example\n"+plain, "hi\n"), Binding: binding, Split: split}}
+}
+
 const plain = "Message-ID: <1@example.org>\nSubject: hello"
 
 // Rows is the table. Binding "B" is the right answer wherever the rule
@@ -156,21 +161,19 @@ var Rows = []Row{
 		Messages: one(env("u@xn--mller-kva.example"), msg("From: u@xn--mller-kva.example\n"+plain, "hi\n"), "B")},
 	{Name: "idn envelope a-label key", Script: req + `if envelope :domain :is "from" "xn--mller-kva.example" { set "binding" "B"; }`,
 		Messages: one(env("u@müller.example"), msg("From: u@müller.example\n"+plain, "hi\n"), "B")},
+	{Name: "idn header address", Script: req + `if address :domain :is "from" "xn--mller-kva.example" { set "binding" "B"; }`,
+		Messages: one(env("u@sender.example"), msg("From: Team <news@müller.example>\n"+plain, "hi\n"), "B")},
 	{Name: "trailing dot match_domain", Messages: one(env("u@Example.COM."), msg("From: u@example.com\n"+plain, "hi\n"), "Example")},
 	{Name: "trailing dot envelope", Script: req + `if envelope :domain :is "from" "example.net" { set "binding" "B"; }`,
 		Messages: one(env("u@example.net."), msg("From: u@example.net\n"+plain, "hi\n"), "B")},
 	{Name: "sticky split", Script: req + `set "binding" "Pool";`,
-		Messages: []Message{{Envelope: env("u@sender.example", "r@dest1.example", "s@dest4.example"),
-			Raw: msg("From: u@sender.example\n"+plain, "hi\n"), Binding: "Pool2", Split: true}}},
+		Messages: toMany("Pool2", true, "r@dest1.example", "s@dest4.example")},
 	{Name: "sticky one domain", Script: req + `set "binding" "Pool";`,
-		Messages: []Message{{Envelope: env("u@sender.example", "r@dest4.example", "s@DEST4.example"),
-			Raw: msg("From: u@sender.example\n"+plain, "hi\n"), Binding: "Pool1"}}},
+		Messages: toMany("Pool1", false, "r@dest4.example", "s@DEST4.example")},
 	{Name: "sticky idn forms", Script: req + `set "binding" "Pool";`,
-		Messages: []Message{{Envelope: env("u@sender.example", "r@müller.example", "s@xn--mller-kva.example"),
-			Raw: msg("From: u@sender.example\n"+plain, "hi\n"), Binding: "Pool1"}}},
+		Messages: toMany("Pool1", false, "r@müller.example", "s@xn--mller-kva.example")},
 	{Name: "recipient rule split", Script: req + `if envelope :domain :is "to" "dest1.example" { set "binding" "B"; }`,
-		Messages: []Message{{Envelope: env("u@sender.example", "r@dest1.example", "s@dest2.example"),
-			Raw: msg("From: u@sender.example\n"+plain, "hi\n"), Binding: "B", Split: true}}},
+		Messages: toMany("B", true, "r@dest1.example", "s@dest2.example")},
 	{Name: "session headers reset", Script: req + `if exists "List-Id" { set "binding" "Newsletters"; }`,
 		Messages: []Message{
 			{Envelope: env("u@sender.example"), Raw: msg("From: u@sender.example\nList-Id: <news.example.org>\n"+plain, "first\n"), Binding: "Newsletters"},
