@@ -12,7 +12,6 @@ package sieve
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -75,7 +74,7 @@ type Policy struct {
 func New(cfg *config.Config, opts Options) (*Policy, error) {
 	p := &Policy{cfg: cfg, opts: opts, log: opts.Log, version: opts.Version, counters: make(map[string]*atomic.Uint64)}
 	if p.log == nil {
-		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		p.log = slog.New(slog.DiscardHandler)
 	}
 	if p.version == "" {
 		p.version = buildVersion()

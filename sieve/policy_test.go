@@ -1,9 +1,12 @@
 package sieve
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/textproto"
 	"os"
 	"path/filepath"
@@ -399,5 +402,20 @@ func TestGroupNoMemberCanSend(t *testing.T) {
 				t.Errorf("missing = %d, want 1", p.missing.Load())
 			}
 		})
+	}
+}
+
+// TestLogsThroughOptionsLog: the policy's own lines go to the logger it
+// is given, in that logger's format.
+func TestLogsThroughOptionsLog(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := testConfig(t, req+`set "binding" "G";`, true, config.PolicyErrorDefault)
+	cfg.Binding("G1").SuspendDelivery = true
+	p := mustPolicy(t, cfg, Options{Log: log})
+	p.Decide(context.Background(), &Message{From: "x@z.example", To: []string{"r@d.example"}})
+	var line struct{ Msg, Group string }
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line.Msg != "group members skipped" || line.Group != "G" {
+		t.Errorf("log %q (%v), want one JSON line about group G", buf.String(), err)
 	}
 }
