@@ -16,32 +16,46 @@ import (
 	"github.com/vipmilter/vipmilter/config"
 )
 
-// testConfig builds a Config by hand: bindings "default" (optional), A
-// (Match_Domain a.example), B, C, and group G {G1 weight 3, G2}.
+// testConfig loads a binding file with bindings "default" (optional), A
+// (Match_Domain a.example), B, C, and sticky group G {G1 weight 3, G2}.
 func testConfig(t testing.TB, script string, withDefault bool, onErr config.PolicyErrorAction) *config.Config {
 	t.Helper()
-	cfg := &config.Config{OnPolicyError: onErr, MaxBodyBytes: 1 << 20}
-	add := func(b *config.Binding) *config.Binding { cfg.Bindings = append(cfg.Bindings, b); return b }
+	var f strings.Builder
+	fmt.Fprintf(&f, "On_Policy_Error = %s\nMax_Body_Bytes = 1048576\n", onErr)
 	if withDefault {
-		add(&config.Binding{Name: "default", Weight: 1})
+		f.WriteString(`Binding "default" { Bind_Address = 192.0.2.1 }` + "\n")
 	}
-	add(&config.Binding{Name: "A", Weight: 1, MatchDomains: []string{"a.example"}})
-	add(&config.Binding{Name: "B", Weight: 1})
-	add(&config.Binding{Name: "C", Weight: 1})
-	g := &config.Group{Name: "G", Selection: config.SelectSticky}
-	g.Members = []*config.Binding{
-		add(&config.Binding{Name: "G1", Weight: 3, Group: g}),
-		add(&config.Binding{Name: "G2", Weight: 1, Group: g}),
-	}
-	cfg.Groups = append(cfg.Groups, g)
+	f.WriteString(`Binding "A" { Bind_Address = 192.0.2.2  Match_Domain = a.example }
+Binding "B" { Bind_Address = 192.0.2.3 }
+Binding "C" { Bind_Address = 192.0.2.4 }
+Binding_Group "G" {
+  Selection = sticky
+  Binding "G1" { Bind_Address = 192.0.2.5  Weight = 3 }
+  Binding "G2" { Bind_Address = 192.0.2.6 }
+}
+`)
+	return loadConfig(t, f.String(), script)
+}
+
+// loadConfig writes a binding file (and the script it then names) and
+// loads it as vipmilter does.
+func loadConfig(t testing.TB, bindings, script string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
 	if script != "" {
-		p := filepath.Join(t.TempDir(), "policy.sieve")
-		if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "policy.sieve"), []byte(script), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cfg.SieveScript = p
+		bindings = "Sieve_Script = \"policy.sieve\"\n" + bindings
 	}
-	cfg.Index()
+	path := filepath.Join(dir, "vipmilter.conf")
+	if err := os.WriteFile(path, []byte(bindings), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("binding file: %v", err)
+	}
 	return cfg
 }
 
@@ -333,8 +347,8 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "missing require", script: `set "binding" "B";`, wantErr: `policy.sieve:1:1: command "set" needs require "variables"`},
 		{name: "unsupported extension", script: `require ["variables", "vacation"];`, wantErr: `policy.sieve:1:9: extension "vacation" is not supported`},
 		{name: "undeclared binding", script: req + `set "binding" "Nope";`, wantErr: `policy.sieve:2:15: binding "Nope" is not declared`},
-		{name: "typo names the closest", script: req + "if true {\n  set \"binding\" \"g1\";\n}", wantErr: `policy.sieve:3:17: binding "g1" is not declared (did you mean "G1"?)`},
-		{name: "each list member", script: req + `set "binding" "B, Cc";`, wantErr: `policy.sieve:2:15: binding "Cc" is not declared (did you mean "C"?)`},
+		{name: "typo names the closest", script: req + "if true {\n  set \"binding\" \"g1\";\n}", wantErr: `policy.sieve:3:17: binding "g1" is not declared in vipmilter.conf (did you mean "G1"?)`},
+		{name: "each list member", script: req + `set "binding" "B, Cc";`, wantErr: `policy.sieve:2:15: binding "Cc" is not declared in vipmilter.conf (did you mean "C"?)`},
 		{name: "tag without extension", script: `require "envelope"; if envelope :count "eq" "from" "1" { keep; }`, wantErr: `policy.sieve:1:33: tag :count needs require "relational"`},
 		{name: "unknown test", script: req + `if frob "x" { keep; }`, wantErr: `policy.sieve:2:4: unknown test "frob"`},
 		{name: "interpreter wording replaced", script: req + `if header :frob "a" "b" { keep; }`, wantErr: `policy.sieve:2:11: unknown tag :frob`},

@@ -29,7 +29,7 @@ func TestMessageTable(t *testing.T) {
 				t.Fatalf("policy: %v", err)
 			}
 			for i, want := range row.Messages {
-				d := Place(t, p, cfg, want)
+				d := place(t, p, cfg, want)
 				if d.Binding != want.Binding || d.Split != want.Split {
 					t.Errorf("message %d: binding %q split %v, want %q split %v\ntrace %+v", i+1, d.Binding, d.Split, want.Binding, want.Split, d.Trace)
 				}
@@ -38,9 +38,9 @@ func TestMessageTable(t *testing.T) {
 	}
 }
 
-// Place decides one table message with a fresh Message, as the milter
+// place decides one table message with a fresh Message, as the milter
 // does for each message of a session.
-func Place(t *testing.T, p *sieve.Policy, cfg *config.Config, tm messagetable.Message) sieve.Decision {
+func place(t *testing.T, p *sieve.Policy, cfg *config.Config, tm messagetable.Message) sieve.Decision {
 	t.Helper()
 	e := tm.Envelope
 	m := &sieve.Message{From: e.From, To: e.To, Helo: e.Helo, RemoteIP: e.ClientAddr, RemoteHost: e.ClientName, Auth: e.Auth, Phase: "during"}
