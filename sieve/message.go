@@ -15,6 +15,7 @@ import (
 	// and (by setting message.CharsetReader) the address parser go-sieve
 	// uses for the address test too.
 	"github.com/emersion/go-message/charset"
+	"github.com/emersion/go-message/mail"
 	"github.com/foxcpp/go-sieve/interp"
 
 	"github.com/vipmilter/vipmilter/config"
@@ -130,8 +131,9 @@ func headerValue(v string) string {
 	return strings.TrimSpace(v)
 }
 
-// encodedWord matches one RFC 2047 encoded word.
-var encodedWord = regexp.MustCompile(`=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=`)
+// encodedWord matches one RFC 2047 encoded word (charset is a token: no
+// especials).
+var encodedWord = regexp.MustCompile(`=\?[^?\s()<>@,;:"/\[\]=.]+\?[bBqQ]\?[^?\s]*\?=`)
 
 var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
 
@@ -196,6 +198,26 @@ func decodeField(v string, address bool) string {
 	}
 	b.WriteString(v[last:])
 	return b.String()
+}
+
+// sameAddresses reports whether view yields the addresses raw yields, as
+// the address test parses them (go-message, every charset); true when raw
+// has no parsable address list.
+func sameAddresses(raw, view string) bool {
+	before, err := mail.ParseAddressList(raw)
+	if err != nil {
+		return true
+	}
+	after, err := mail.ParseAddressList(view)
+	if err != nil || len(after) != len(before) {
+		return false
+	}
+	for i := range before {
+		if before[i].Address != after[i].Address {
+			return false
+		}
+	}
+	return true
 }
 
 // quoteDisplay writes s as an RFC 5322 quoted string, or only escapes it
@@ -273,6 +295,11 @@ func (v *view) HeaderGet(key string) ([]string, error) {
 	d := make([]string, len(vs))
 	for i, s := range vs {
 		d[i] = decodeField(s, address)
+		if address && !sameAddresses(s, d[i]) {
+			// Text that only looks like an encoded word inside an
+			// address: the address test must still find the address.
+			d[i] = s
+		}
 	}
 	if v.decoded == nil {
 		v.decoded = make(map[string][]string)

@@ -3,6 +3,8 @@ package sieve
 import (
 	"reflect"
 	"testing"
+
+	"github.com/emersion/go-message/mail"
 )
 
 // TestHeaderView: what the header and address tests read from a field
@@ -76,4 +78,42 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzAddressView: decoding an address field for the header test never
+// loses an address the address test would have found in the raw field.
+func FuzzAddressView(f *testing.F) {
+	for _, s := range []string{
+		"=?UTF-8?Q?Doe=2C_John?= <j@example.org>",
+		"=?windows-1252?Q?Caf=E9_Team?= <news@example.org>, b@example.net",
+		`"=?UTF-8?Q?a=22b?=" <x@y.example>`,
+		"=?x-unknown?Q?abc?= <news@example.org>",
+		"a@b.example (=?UTF-8?Q?comment?=)",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		m := &Message{}
+		m.AddHeader("From", raw)
+		got, err := (&view{m: m}).HeaderGet("From")
+		if err != nil || len(got) != 1 {
+			t.Fatalf("HeaderGet = %q, %v", got, err)
+		}
+		before, err := mail.ParseAddressList(m.Header.Get("From"))
+		if err != nil {
+			return
+		}
+		after, err := mail.ParseAddressList(got[0])
+		if err != nil {
+			t.Fatalf("raw %q parses, view %q does not: %v", raw, got[0], err)
+		}
+		if len(after) != len(before) {
+			t.Fatalf("raw %q: %d addresses, view %q: %d", raw, len(before), got[0], len(after))
+		}
+		for i := range before {
+			if before[i].Address != after[i].Address {
+				t.Fatalf("raw %q: address %q, view %q: %q", raw, before[i].Address, got[0], after[i].Address)
+			}
+		}
+	})
 }
