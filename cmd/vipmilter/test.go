@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -61,14 +62,15 @@ func cmdTest(c *cli, args []string) error {
 	fs.StringVar(&m.QueueID, "queue-id", "", "Postfix queue `ID`")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	allLive := fs.Bool("all-live", false, "treat every binding address as on the host (default: read the host's addresses, as serve does)")
-	if err := fs.Parse(args); err != nil {
+	files, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
 	if len(to) == 0 {
 		return &exitError{code: 2, err: errors.New("at least one --to is required")}
 	}
-	if fs.NArg() > 1 {
-		return &exitError{code: 2, err: fmt.Errorf("at most one MESSAGE, got %d", fs.NArg())}
+	if len(files) > 1 {
+		return &exitError{code: 2, err: fmt.Errorf("at most one MESSAGE, got %d", len(files))}
 	}
 	m.To = to
 	m.Phase = "during"
@@ -90,18 +92,18 @@ func cmdTest(c *cli, args []string) error {
 		printErrors(c.stderr, err)
 		return &exitError{code: 1, err: errors.New("")}
 	}
-	if fs.NArg() == 1 {
+	if len(files) == 1 {
 		var raw []byte
-		if fs.Arg(0) == "-" {
+		if files[0] == "-" {
 			raw, err = io.ReadAll(c.stdin)
 		} else {
-			raw, err = os.ReadFile(fs.Arg(0))
+			raw, err = os.ReadFile(files[0])
 		}
 		if err != nil {
 			return &exitError{code: 1, err: fmt.Errorf("message: %w", err)}
 		}
 		if err := m.Parse(raw, pol.Needs().Body, cfg.MaxBodyBytes); err != nil {
-			return &exitError{code: 1, err: fmt.Errorf("message %s: %w", fs.Arg(0), err)}
+			return &exitError{code: 1, err: fmt.Errorf("message %s: %w", files[0], err)}
 		}
 	}
 
@@ -111,6 +113,28 @@ func cmdTest(c *cli, args []string) error {
 	}
 	printDecision(c.stdout, d)
 	return nil
+}
+
+// parseInterspersed parses fs's flags wherever they stand among the
+// positional arguments ("test MSG --from a --to b" as well as "test --from
+// a --to b MSG") and returns the positional ones; after "--" everything is
+// positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
 }
 
 // printDecision writes d the way Pigeonhole's sieve-test reports.

@@ -91,6 +91,9 @@ func TestTestCommandText(t *testing.T) {
 	}{
 		{"text output", []string{"--from", "a@example.com", "--to", "r@d.example"}, "", 0, []string{"binding: Example\n", "reason:  match_domain\n", "action:  accept\n", "trace:\n", "  match_domain: example.com -> Example\n"}},
 		{"stdin message", []string{"--from", "a@x.example", "--to", "r@d.example", "-"}, "List-Id: <l>\n\nhi\n", 0, []string{"binding: Newsletters\n"}},
+		{"flags after the file", []string{"-", "--from", "a@x.example", "--to", "r@d.example"}, "List-Id: <l>\n\nhi\n", 0, []string{"binding: Newsletters\n"}},
+		{"file after --", []string{"--from", "a@x.example", "--to", "r@d.example", "--", "-"}, "List-Id: <l>\n\nhi\n", 0, []string{"binding: Newsletters\n"}},
+		{"two files", []string{"a.eml", "--from", "a@x.example", "--to", "r@d.example", "b.eml"}, "", 2, nil},
 		{"no recipient", []string{"--from", "a@x.example"}, "", 2, nil},
 		{"bad config", []string{"-c", "/nonexistent/vipmilter.conf", "--from", "a@x.example", "--to", "r@d.example"}, "", 1, nil},
 	}
