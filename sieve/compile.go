@@ -92,12 +92,26 @@ func compile(path string, src []byte, cfg *config.Config) (*interp.Script, []par
 	errs := &scriptErrors{file: filepath.Base(path)}
 	toks, err := lexer.Lex(bytes.NewReader(src), &lexer.Options{Filename: errs.file, MaxTokens: 100000})
 	if err != nil {
-		errs.addInterp(err, lexer.Position{})
+		if pos, what, ok := lexProblem(src); ok {
+			errs.add(pos, "%s", what)
+		} else {
+			errs.addInterp(err, lexer.Position{Line: 1, Col: 1})
+		}
 		return nil, nil, errs.err()
 	}
 	cmds, err := parser.Parse(lexer.NewStream(toks), &parser.Options{MaxBlockNesting: 15, MaxTestNesting: 15})
 	if err != nil {
-		errs.addInterp(err, lexer.Position{})
+		if posRE.MatchString(err.Error()) && !strings.Contains(err.Error(), "0:0: ") {
+			errs.addInterp(err, lexer.Position{})
+		} else if pos, what, ok := brackets(toks); ok {
+			errs.add(pos, "%s", what)
+		} else {
+			errs.addInterp(err, endOf(toks))
+		}
+		return nil, nil, errs.err()
+	}
+	if pos, what, ok := brackets(toks); ok {
+		errs.add(pos, "%s", what)
 		return nil, nil, errs.err()
 	}
 	errs.check(cmds, cfg)
@@ -307,7 +321,11 @@ func (e *scriptErrors) addInterp(err error, def lexer.Position) {
 	msg := err.Error()
 	pos := def
 	if loc := posRE.FindStringSubmatchIndex(msg); loc != nil {
-		fmt.Sscanf(msg[loc[2]:loc[5]], "%d:%d", &pos.Line, &pos.Col)
+		var p lexer.Position
+		fmt.Sscanf(msg[loc[2]:loc[5]], "%d:%d", &p.Line, &p.Col)
+		if p.Line > 0 {
+			pos = p
+		}
 		msg = msg[:loc[0]] + msg[loc[1]:]
 	}
 	msg = interpWords.ReplaceAllString(msg, "")
