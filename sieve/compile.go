@@ -236,6 +236,12 @@ func bindingSet(c parser.Cmd) (parser.StringArg, parser.StringArg, bool) {
 		switch a := a.(type) {
 		case parser.StringArg:
 			str = append(str, a)
+		case parser.StringListArg:
+			// go-sieve takes a list of one string where RFC 5229 says string.
+			if len(a.Value) != 1 {
+				return parser.StringArg{}, parser.StringArg{}, false
+			}
+			str = append(str, parser.StringArg{Value: a.Value[0], Position: a.Position})
 		case parser.TagArg:
 			return parser.StringArg{}, parser.StringArg{}, false
 		}

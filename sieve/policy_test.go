@@ -360,6 +360,7 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "block never closed", script: req + "if true {\n  if false { keep; }\n", wantErr: `policy.sieve:2:9: "{" is never closed`},
 		// go-sieve would silently drop everything after a stray "}".
 		{name: "stray closing brace", script: req + "keep; }\nset \"binding\" \"B\";\n", wantErr: `policy.sieve:2:7: unexpected "}": nothing to close here`},
+		{name: "name as a list", script: req + `set ["binding"] "Nope";`, wantErr: `policy.sieve:2:17: binding "Nope" is not declared`},
 		{name: "variable value checked at run time", script: req + `set "x" "Nope"; set "binding" "${x}";`},
 		{name: "addflag allowed", script: `require "imap4flags"; addflag "x";`},
 		{name: "headers", script: req + `if address :domain "From" "x" { keep; }`, want: Needs{Headers: true}},
