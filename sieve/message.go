@@ -108,6 +108,7 @@ func (m *Message) Parse(raw []byte, withBody bool, maxBody int64) error {
 		default:
 			flush()
 			n, v, ok := strings.Cut(text, ":")
+			n = strings.TrimRight(n, " \t") // obsolete "Name :" (RFC 5322 §4.5)
 			if !ok || n == "" || strings.ContainsAny(n, " \t") {
 				return fmt.Errorf("line %d: not a header field (no \"name:\")", line)
 			}

@@ -57,6 +57,7 @@ func TestParse(t *testing.T) {
 		{name: "mbox line and LF", raw: "From someone Mon Jan 1\nX-A:1\n\nb", want: map[string][]string{"X-A": {"1"}}},
 		{name: "body capped", raw: "X-A: 1\n\n0123456789", body: true, max: 4, want: map[string][]string{"X-A": {"1"}}, wantBody: "0123"},
 		{name: "no body", raw: "X-A: 1\n", want: map[string][]string{"X-A": {"1"}}},
+		{name: "space before colon", raw: "Subject : hi\n\n", want: map[string][]string{"Subject": {"hi"}}},
 		{name: "continuation first", raw: " x\nX-A: 1\n", wantErr: "line 1:"},
 		{name: "no colon", raw: "X-A: 1\nnonsense\n", wantErr: "line 2:"},
 	}
