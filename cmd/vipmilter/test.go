@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -62,10 +61,10 @@ func cmdTest(c *cli, args []string) error {
 	fs.StringVar(&m.QueueID, "queue-id", "", "Postfix queue `ID`")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	allLive := fs.Bool("all-live", false, "treat every binding address as on the host (default: read the host's addresses, as serve does)")
-	files, err := parseInterspersed(fs, args)
-	if err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	files := fs.Args()
 	if len(to) == 0 {
 		return &exitError{code: 2, err: errors.New("at least one --to is required")}
 	}
@@ -87,7 +86,7 @@ func cmdTest(c *cli, args []string) error {
 	if !*allLive {
 		live = presence(ctx, log)
 	}
-	pol, err := sieve.New(cfg, sieve.Options{Liveness: live, Log: log})
+	pol, err := sieve.New(cfg, sieve.Options{Liveness: live, Log: log, Version: currentVersion()})
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{code: 1, err: errors.New("")}
@@ -113,28 +112,6 @@ func cmdTest(c *cli, args []string) error {
 	}
 	printDecision(c.stdout, d)
 	return nil
-}
-
-// parseInterspersed parses fs's flags wherever they stand among the
-// positional arguments ("test MSG --from a --to b" as well as "test --from
-// a --to b MSG") and returns the positional ones; after "--" everything is
-// positional.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }
 
 // printDecision writes d the way Pigeonhole's sieve-test reports.
