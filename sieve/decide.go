@@ -159,16 +159,9 @@ func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
 			return p.policyError(d, err)
 		}
 	default:
-		// The sender's domain is worked out once: canonical form costs
-		// more than the lookup.
-		dom := domainOf(m.From)
-		var b *config.Binding
-		if m.From != "" {
-			b = p.cfg.MatchDomain(dom)
-		}
-		if b != nil {
+		if b := p.matchDomain(m.From); b != nil {
 			d.Reason = ReasonMatchDomain
-			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: dom + " -> " + b.Name})
+			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: domainOf(m.From) + " -> " + b.Name})
 			if err := p.resolve(b.Name, m, &d); err != nil {
 				return p.policyError(d, err)
 			}
@@ -180,12 +173,13 @@ func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
 }
 
 // matchDomain is the binding whose Match_Domain is the envelope sender's
-// domain, compared in canonical form (config.Domain), or nil.
+// domain, compared in canonical form (config.MatchDomain keys on
+// config.Domain: case, trailing dot and U-labels do not matter), or nil.
 func (p *Policy) matchDomain(from string) *config.Binding {
 	if from == "" {
 		return nil
 	}
-	return p.cfg.MatchDomain(domainOf(from))
+	return p.cfg.MatchDomain(from)
 }
 
 func (p *Policy) fallback(d *Decision) {
