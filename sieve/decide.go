@@ -161,7 +161,8 @@ func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
 	default:
 		if b := p.matchDomain(m.From); b != nil {
 			d.Reason = ReasonMatchDomain
-			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: domainOf(m.From) + " -> " + b.Name})
+			// The trace shows the domain as the sender wrote it.
+			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: m.From[strings.LastIndexByte(m.From, '@')+1:] + " -> " + b.Name})
 			if err := p.resolve(b.Name, m, &d); err != nil {
 				return p.policyError(d, err)
 			}
