@@ -51,7 +51,12 @@ func cmdServe(c *cli, args []string) error {
 	}
 	logWarnings(log, cfg)
 
-	srv := milter.New(pol, log)
+	sm, err := startSendmailSide(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer sm.stop() // after the milter's shutdown: Sendmail asks right after end of message
+	srv := milter.New(sm.policy(pol), log)
 	ln, err := serveListener(log, srv, cfg)
 	if err != nil {
 		return err
@@ -89,7 +94,10 @@ func cmdServe(c *cli, args []string) error {
 			}
 			return nil
 		},
-		reload: func() { cfg = reload(log, *path, live, cfg, srv) },
+		reload: func() {
+			cfg = reload(log, *path, live, cfg, sm.policySetter(srv))
+			sm.reload(cfg)
+		},
 	})
 }
 
@@ -109,7 +117,7 @@ func servePolicy(log *slog.Logger, path string, live sieve.Liveness) (*config.Co
 
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server) *config.Config {
+func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv policySetter) *config.Config {
 	cfg, pol, err := servePolicy(log, path, live)
 	if err != nil {
 		logErrors(log, "reload failed; keeping the old policy", err)
