@@ -44,7 +44,7 @@ func cmdServe(c *cli, args []string) error {
 	defer cancel()
 	live := presence(ctx, log)
 
-	cfg, pol, err := servePolicy(*path, live)
+	cfg, pol, err := servePolicy(log, *path, live)
 	if err != nil {
 		logErrors(log, "config error", err)
 		return &exitError{code: 2, err: fmt.Errorf("%s: not serving", *path)}
@@ -101,13 +101,14 @@ func cmdServe(c *cli, args []string) error {
 	})
 }
 
-// servePolicy is loadPolicy with liveness.
-func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Policy, error) {
+// servePolicy is loadPolicy with liveness; the policy logs through log
+// and tells scripts the version "vipmilter version" prints.
+func servePolicy(log *slog.Logger, path string, live sieve.Liveness) (*config.Config, *sieve.Policy, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	pol, err := sieve.New(cfg, sieve.Options{Liveness: live})
+	pol, err := sieve.New(cfg, sieve.Options{Liveness: live, Log: log, Version: currentVersion()})
 	if err != nil {
 		return cfg, nil, err
 	}
@@ -117,7 +118,7 @@ func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Polic
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
 func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv policySetter) *config.Config {
-	cfg, pol, err := servePolicy(path, live)
+	cfg, pol, err := servePolicy(log, path, live)
 	if err != nil {
 		logErrors(log, "reload failed; keeping the old policy", err)
 		return old
