@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
@@ -74,7 +73,7 @@ func cmdTest(c *cli, args []string) error {
 	m.To = to
 	m.Phase = "during"
 
-	cfg, err := config.Load(*path)
+	cfg, err := loadConfig(*path)
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{code: 1, err: errors.New("")}
