@@ -86,6 +86,8 @@ func decode(name string, nodes []*Node) (*Config, error) {
 		TransportPrefix: DefaultTransportPrefix,
 		StateDir:        DefaultStateDir,
 		HeaderKeyFile:   DefaultHeaderKeyFile,
+		PolicyListen:    MustParseListen(DefaultPolicyListen),
+		Hook:            HookAuto,
 	}
 	d := &decoder{
 		cfg:      cfg,
