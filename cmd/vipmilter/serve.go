@@ -66,6 +66,11 @@ func cmdServe(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	pd, err := startPolicyService(log, cfg, pol)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	if cfg.MetricsListen != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
@@ -93,13 +98,14 @@ func cmdServe(c *cli, args []string) error {
 			return fmt.Errorf("milter: %w", err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				cfg = reload(log, *path, live, cfg, srv)
+				cfg = reload(log, *path, live, cfg, deciders{srv, pd})
 				continue
 			}
 			log.Info("milter stopping", "signal", sig.String())
 			daemon.SdNotify(false, daemon.SdNotifyStopping)
 			sctx, scancel := context.WithTimeout(context.Background(), *grace)
 			err := srv.Shutdown(sctx)
+			stopPolicyService(sctx, log, pd)
 			scancel()
 			if err != nil {
 				log.Warn("milter shutdown incomplete", "err", err)
@@ -124,7 +130,7 @@ func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Polic
 
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server) *config.Config {
+func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv interface{ SetPolicy(milter.Decider) }) *config.Config {
 	daemon.SdNotify(false, daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
 	defer daemon.SdNotify(false, daemon.SdNotifyReady)
 	cfg, pol, err := servePolicy(path, live)
