@@ -45,6 +45,11 @@ type PolicyHook struct {
 	// services named in daemonNames: the policy's vnd.vipmilter.daemon, as
 	// milter_macro_daemon_name is for the milter.
 	ServiceParams []ServiceParam
+	// SMTPDMilter and NonSMTPDMilter say where vipmilter's milter goes:
+	// not in smtpd_milters (the policy service decides smtpd mail), but in
+	// non_smtpd_milters, because mail submitted with sendmail (pickup)
+	// never passes smtpd and would otherwise never be placed.
+	SMTPDMilter, NonSMTPDMilter bool
 }
 
 // PolicyService renders the policy hook for cfg. host is main.cf as
@@ -69,7 +74,7 @@ func PolicyService(cfg *config.Config, opts Options, host map[string]string, pre
 	if cfg.OnMilterDown == config.MilterDownTempfail {
 		action = "DEFER_IF_PERMIT"
 	}
-	h := &PolicyHook{Entry: fmt.Sprintf("check_policy_service { %s, default_action=%s }", addr, action)}
+	h := &PolicyHook{Entry: fmt.Sprintf("check_policy_service { %s, default_action=%s }", addr, action), NonSMTPDMilter: true}
 	for _, name := range []string{"smtpd_recipient_restrictions", "smtpd_data_restrictions"} {
 		rest := withoutEntry(host[name], h.Entry, prevEntry)
 		v := h.Entry

@@ -57,6 +57,9 @@ func TestPolicyService(t *testing.T) {
 			if got["smtpd_recipient_restrictions"] != c.wantRcpt || got["smtpd_data_restrictions"] != c.wantData {
 				t.Errorf("got\n rcpt %q\n data %q\nwant\n rcpt %q\n data %q", got["smtpd_recipient_restrictions"], got["smtpd_data_restrictions"], c.wantRcpt, c.wantData)
 			}
+			if h.SMTPDMilter || !h.NonSMTPDMilter {
+				t.Errorf("milter in smtpd_milters %v, non_smtpd_milters %v; want false, true (sendmail mail needs it)", h.SMTPDMilter, h.NonSMTPDMilter)
+			}
 			var params []string
 			for _, p := range h.ServiceParams {
 				params = append(params, p.Key()+"="+p.Value)
