@@ -3,11 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,30 +20,38 @@ import (
 // policyKey is the binding header key of this test's install.
 const policyKey = "00112233445566778899aabbccddeeff"
 
-// TestPolicyService routes mail through a real Postfix with vipmilter's
-// SMTPD policy service and no milter: Postfix asks at each RCPT and at
-// DATA, the service answers PREPEND with the keyed binding header, and
-// header_checks route it (the tables are written here as the policy hook's
-// rendering describes them: keyed header -> FILTER, other copies IGNORE,
-// MIME/nested parts and egress stripped). Checked: the source address the
-// sink saw for a sender rule, for a rule on the second recipient of a
-// multi-recipient message (known only from the RCPT requests), and for
-// messages whose client forged binding headers, plus that the key never
-// reaches the maillog or the sink.
+// TestPolicyService routes mail through a real Postfix with "vipmilter
+// serve" on an envelope-only policy, so the policy hook: smtpd mail is
+// decided by the SMTPD policy service (no milter in smtpd_milters), which
+// answers PREPEND with the keyed binding header, and header_checks route it
+// (the tables are written here as the policy hook's rendering describes
+// them: keyed header -> FILTER, other copies IGNORE, MIME/nested parts and
+// egress stripped); mail from sendmail is decided by the milter in
+// non_smtpd_milters. Checked: the source address the sink saw for a
+// sender rule, for a rule on the first of three recipients (known only
+// from the RCPT requests), for messages whose client forged binding
+// headers, for sendmail mail and after postsuper -r; that no binding
+// header leaves; that smtpd never logs the key.
 func TestPolicyService(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := newEnv(t, ctx)
 	dir := t.TempDir()
-	// Postfix's smtpd (user postfix) must reach the socket.
-	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
-			os.Chmod(d, fi.Mode().Perm()|0o011)
+	bin := os.Getenv("VIPE2E_BIN")
+	if bin == "" {
+		var err error
+		if bin, err = BuildVipmilter(ctx, repoRoot(t), dir); err != nil {
+			t.Fatal(err)
 		}
 	}
 
 	bindings := []struct{ name, addr string }{{"default", "192.0.2.30"}, {"News", "192.0.2.31"}, {"VIP", "192.0.2.32"}}
-	conf := fmt.Sprintf("Sieve_Script = %q\nPolicy_Listen = \"unix:%s\"\n", filepath.Join(dir, "policy.sieve"), filepath.Join(dir, "policy.sock"))
+	keyFile := filepath.Join(dir, "binding-header.key")
+	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("Sieve_Script = %q\nBinding_Header_Key = %q\nMilter_Listen = inet:127.0.0.1:8894\nPolicy_Listen = inet:127.0.0.1:8895\n",
+		filepath.Join(dir, "policy.sieve"), keyFile)
 	for _, b := range bindings {
 		conf += fmt.Sprintf("Binding %q { Bind_Address = %s }\n", b.name, b.addr)
 	}
@@ -51,10 +59,13 @@ func TestPolicyService(t *testing.T) {
 if envelope :domain :is "from" "news.test" { set "binding" "News"; stop; }
 if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 `
-	if err := os.WriteFile(filepath.Join(dir, "policy.sieve"), []byte(script), 0o644); err != nil {
-		t.Fatal(err)
+	confPath := filepath.Join(dir, "vipmilter.conf")
+	for path, body := range map[string]string{filepath.Join(dir, "policy.sieve"): script, confPath: conf} {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	cfg, err := config.Parse(filepath.Join(dir, "vipmilter.conf"), []byte(conf))
+	cfg, err := config.Load(confPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,18 +77,23 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 		t.Fatalf("hook %q (%s, %v), want policy", hook, why, err)
 	}
 	logBuf := &lockedLog{}
-	srv := policyd.New(pol, policyd.Options{BindingHeader: cfg.BindingHeader, HeaderKey: policyKey, Daemon: "mta.e2e.test",
-		Log: slog.New(slog.NewTextHandler(logBuf, nil))})
-	ln, err := srv.Listen(cfg.PolicyListen)
-	if err != nil {
+	serve := Exec(context.Background(), e.net.MTA, bin, "serve", "-c", confPath)
+	serve.Stdout, serve.Stderr = logBuf, logBuf
+	if err := serve.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
 	t.Cleanup(func() {
-		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-		defer c()
-		srv.Shutdown(sctx)
+		serve.Process.Signal(syscall.SIGTERM)
+		serve.Wait()
+		if t.Failed() {
+			t.Logf("serve output:\n%s", logBuf.String())
+		}
 	})
+	for _, port := range []int{8894, 8895} {
+		if err := waitListen(ctx, e.net.MTA, "127.0.0.1", port); err != nil {
+			t.Fatalf("%v\n%s", err, logBuf.String())
+		}
+	}
 
 	hook, err := postfix.PolicyService(cfg, postfix.Options{}, nil, "", nil)
 	if err != nil {
@@ -99,7 +115,21 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 			t.Fatal(err)
 		}
 	}
+	// The milter writes the binding header for sendmail mail; milter
+	// header edits are checked by milter_header_checks only.
+	milterRoutes := ""
+	for _, b := range bindings {
+		milterRoutes += fmt.Sprintf("/^X-Binding: %s( %s)?$/ FILTER vip_%s:\n", b.name, policyKey, b.name)
+	}
+	if err := os.WriteFile(filepath.Join(e.pf.Dir, "milter_checks"), []byte(milterRoutes), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !hook.NonSMTPDMilter || hook.SMTPDMilter {
+		t.Fatal("the policy hook must keep the milter for sendmail mail only")
+	}
 	settings := []string{
+		"non_smtpd_milters = inet:127.0.0.1:8894",
+		"milter_header_checks = regexp:" + filepath.Join(e.pf.Dir, "milter_checks"),
 		"header_checks = regexp:" + filepath.Join(e.pf.Dir, "route_checks"),
 		"mime_header_checks = regexp:" + filepath.Join(e.pf.Dir, "strip_checks"),
 		"nested_header_checks = regexp:" + filepath.Join(e.pf.Dir, "strip_checks"),
@@ -137,6 +167,15 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 			t.Fatal(err)
 		}
 	}
+	local := Message{From: "l@news.test", To: []string{"r" + sink}, Subject: "policy sendmail"}
+	if err := e.pf.Sendmail(ctx, local.From, local.To, []byte("Subject: "+local.Subject+"\nX-Binding: VIP\n\nbody\n")); err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, struct {
+		msg  Message
+		want string
+	}{local, "News"})
+	subjects = append(subjects, local.Subject)
 	got := e.waitSubjects(t, ctx, subjects...)
 	addr := map[string]string{}
 	for _, b := range bindings {
@@ -162,10 +201,14 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 			t.Errorf("the header key appears in a maillog line other than cleanup's filter lines: %s", line)
 		}
 	}
-	// One decision per message, each with its queue id.
+	// One policy-service decision per smtpd message, each with its queue
+	// id; the sendmail message was the milter's.
 	decisions := strings.Count(logBuf.String(), "policy decision")
-	if decisions != len(cases) || strings.Count(logBuf.String(), "queue_id=\"\"") != 0 || strings.Contains(logBuf.String(), "queue_id= ") {
-		t.Errorf("%d decision lines for %d messages, or one without a queue id:\n%s", decisions, len(cases), logBuf.String())
+	if decisions != len(cases)-1 || strings.Count(logBuf.String(), "queue_id=\"\"") != 0 {
+		t.Errorf("%d policy decision lines for %d smtpd messages, or one without a queue id:\n%s", decisions, len(cases)-1, logBuf.String())
+	}
+	if n := strings.Count(logBuf.String(), "milter decision"); n != 1 {
+		t.Errorf("%d milter decision lines, want 1 (the sendmail message)", n)
 	}
 	requeued(t, ctx, e)
 }
