@@ -3,6 +3,7 @@ package policyd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -38,7 +39,16 @@ func (s *Server) decide(m *message, r *Request) string {
 	}
 	ctx := context.Background()
 	d := pol.Decide(ctx, &msg)
-	if !exact && m.rcpts != r.RecipientCount {
+	switch {
+	case exact || m.rcpts == r.RecipientCount:
+	case m.rcpts < r.RecipientCount:
+		// Recipients were accepted that this connection never heard of:
+		// Postfix reopened the policy connection during the message (its
+		// max_idle/max_ttl timers run between SMTP commands), or the
+		// entry is not first in smtpd_recipient_restrictions. Transient in
+		// the first case, loud in the second: ask the client to retry.
+		d = unseen(d, m.rcpts, r.RecipientCount)
+	default:
 		d = s.uncertain(ctx, pol, &msg, d, m.rcpts, r.RecipientCount)
 	}
 	s.logDecision(&msg, d)
@@ -90,6 +100,16 @@ func (s *Server) uncertain(ctx context.Context, pol *sieve.Policy, msg *sieve.Me
 		return s.policyError(pol, d, errUncertain)
 	}
 	d.Trace = append(d.Trace, sieve.Step{Rule: "recipients", Detail: "saw " + strconv.Itoa(seen) + " RCPT, Postfix accepted " + strconv.Itoa(accepted) + "; each seen recipient alone gives the same binding"})
+	return d
+}
+
+// unseen is the decision for a message with recipients the service did
+// not see: a temporary failure whatever On_Policy_Error says, since the
+// binding may depend on them and a retry normally sees them all.
+func unseen(d sieve.Decision, seen, accepted int) sieve.Decision {
+	err := fmt.Errorf("recipients unseen: Postfix accepted %d, the RCPT requests on this connection named %d (policy connection reopened, or check_policy_service is not first in smtpd_recipient_restrictions)", accepted, seen)
+	d.Reason, d.Err, d.Action, d.Binding, d.Group = sieve.ReasonPolicyError, err, sieve.Tempfail, "", ""
+	d.Trace = append(d.Trace, sieve.Step{Rule: "error", Detail: err.Error()})
 	return d
 }
 

@@ -48,6 +48,8 @@ func TestMessages(t *testing.T) {
 		{name: "rejected recipient that would change the binding: On_Policy_Error default", reqs: []rq{rcpt("vip@d.test"), rcpt("b@d.test"), data(1)}, want: prepend("default")},
 		{name: "same, On_Policy_Error tempfail", extra: []string{"On_Policy_Error = tempfail"}, reqs: []rq{rcpt("vip@d.test"), rcpt("b@d.test"), data(1)}, want: "451 4.3.0 binding policy failed, try again later"},
 		{name: "exact single recipient wins over RCPT list", extra: []string{"On_Policy_Error = tempfail"}, reqs: []rq{rcpt("b@d.test"), rcpt("vip@d.test"), data(1, "recipient=vip@d.test")}, want: prepend("VIP")},
+		{name: "recipients the connection never saw: tempfail whatever On_Policy_Error", reqs: []rq{rcpt("r@d.test"), data(3)}, want: "451 4.3.0"},
+		{name: "no RCPT seen at all", reqs: []rq{data(2)}, want: "451 4.3.0"},
 		{name: "reject", reqs: []rq{rcpt("r@d.test"), data(1, "helo_name=reject.test")}, want: "550 5.7.1 go away"},
 		{name: "unknown binding: On_Policy_Error tempfail", extra: []string{"On_Policy_Error = tempfail"}, reqs: []rq{rcpt("r@d.test"), data(1, "queue_id=QERR")}, want: "451 4.3.0 binding policy failed, try again later"},
 		{name: "no script", script: "-", reqs: []rq{
