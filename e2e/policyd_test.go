@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,7 +96,13 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 		}
 	}
 
-	hook, err := postfix.PolicyService(cfg, postfix.Options{}, nil, "", nil)
+	// The host's own recipient restriction, kept after vipmilter's entry:
+	// it rejects a recipient the policy service has already seen.
+	if err := os.WriteFile(filepath.Join(e.pf.Dir, "rcpt_access"), []byte("/^vip@rejected\\.test$/ REJECT no such user\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	host := map[string]string{"smtpd_recipient_restrictions": "check_recipient_access regexp:" + filepath.Join(e.pf.Dir, "rcpt_access")}
+	hook, err := postfix.PolicyService(cfg, postfix.Options{}, host, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +174,18 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 			t.Fatal(err)
 		}
 	}
+	// vip@rejected.test would place the message on VIP; Postfix rejects it
+	// after the policy service saw it, so the accepted recipients alone
+	// decide (here: they disagree with it, so On_Policy_Error = default).
+	rejected := Message{From: "x@other.test", To: []string{"a" + sink, "b" + sink}, Subject: "policy rejected recipient"}
+	if err := rawSubmit(ctx, e.net.MTA, rejected, "vip@rejected.test"); err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, struct {
+		msg  Message
+		want string
+	}{rejected, "default"})
+	subjects = append(subjects, rejected.Subject)
 	local := Message{From: "l@news.test", To: []string{"r" + sink}, Subject: "policy sendmail"}
 	if err := e.pf.Sendmail(ctx, local.From, local.To, []byte("Subject: "+local.Subject+"\nX-Binding: VIP\n\nbody\n")); err != nil {
 		t.Fatal(err)
@@ -207,10 +226,55 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 	if decisions != len(cases)-1 || strings.Count(logBuf.String(), "queue_id=\"\"") != 0 {
 		t.Errorf("%d policy decision lines for %d smtpd messages, or one without a queue id:\n%s", decisions, len(cases)-1, logBuf.String())
 	}
+	if !strings.Contains(logBuf.String(), "recipients uncertain") {
+		t.Error("the decision for the message with a rejected recipient does not say the recipients were uncertain")
+	}
 	if n := strings.Count(logBuf.String(), "milter decision"); n != 1 {
 		t.Errorf("%d milter decision lines, want 1 (the sendmail message)", n)
 	}
 	requeued(t, ctx, e)
+}
+
+// rawSubmit sends m over SMTP from inside ns with first as an extra first
+// recipient that Postfix is expected to reject (5xx), then m.To.
+func rawSubmit(ctx context.Context, ns string, m Message, first string) error {
+	conn, err := DialIn(ctx, ns, "127.0.0.1:25")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	tp := textproto.NewConn(conn)
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return err
+	}
+	step := func(code int, format string, args ...any) error {
+		if err := tp.PrintfLine(format, args...); err != nil {
+			return err
+		}
+		if _, msg, err := tp.ReadResponse(code); err != nil {
+			return fmt.Errorf("%s: %w (%s)", fmt.Sprintf(format, args...), err, msg)
+		}
+		return nil
+	}
+	if err := step(250, "EHLO client.e2e.test"); err != nil {
+		return err
+	}
+	if err := step(250, "MAIL FROM:<%s>", m.From); err != nil {
+		return err
+	}
+	if err := step(5, "RCPT TO:<%s>", first); err != nil {
+		return err
+	}
+	for _, r := range m.To {
+		if err := step(250, "RCPT TO:<%s>", r); err != nil {
+			return err
+		}
+	}
+	if err := step(354, "DATA"); err != nil {
+		return err
+	}
+	return step(250, "Subject: %s\r\n\r\nbody\r\n.", m.Subject)
 }
 
 // requeued checks that mail the policy service placed is routed again by
