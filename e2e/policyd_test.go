@@ -155,10 +155,7 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 	}
 
 	sink := "@[" + SinkAddr4 + "]"
-	cases := []struct {
-		msg  Message
-		want string // binding
-	}{
+	cases := []routeCase{
 		{Message{From: "a@news.test", To: []string{"r" + sink}, Subject: "policy sender rule"}, "News"},
 		{Message{From: "b@other.test", To: []string{"first" + sink}, Subject: "policy default"}, "default"},
 		{Message{From: "c@other.test", To: []string{"vip" + sink, "second" + sink, "third" + sink}, Subject: "policy multi-recipient"}, "VIP"},
@@ -181,20 +178,13 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 	if err := rawSubmit(ctx, e.net.MTA, rejected, "vip@rejected.test"); err != nil {
 		t.Fatal(err)
 	}
-	cases = append(cases, struct {
-		msg  Message
-		want string
-	}{rejected, "default"})
-	subjects = append(subjects, rejected.Subject)
+	cases = append(cases, routeCase{rejected, "default"})
 	local := Message{From: "l@news.test", To: []string{"r" + sink}, Subject: "policy sendmail"}
 	if err := e.pf.Sendmail(ctx, local.From, local.To, []byte("Subject: "+local.Subject+"\nX-Binding: VIP\n\nbody\n")); err != nil {
 		t.Fatal(err)
 	}
-	cases = append(cases, struct {
-		msg  Message
-		want string
-	}{local, "News"})
-	subjects = append(subjects, local.Subject)
+	cases = append(cases, routeCase{local, "News"})
+	subjects = append(subjects, rejected.Subject, local.Subject)
 	got := e.waitSubjects(t, ctx, subjects...)
 	addr := map[string]string{}
 	for _, b := range bindings {
@@ -323,6 +313,12 @@ func requeued(t *testing.T, ctx context.Context, e *env) {
 	if got := e.waitSubjects(t, ctx, m.Subject)[m.Subject]; got.ClientAddr != "192.0.2.32" {
 		t.Errorf("requeued message left from %s, want 192.0.2.32 (binding VIP)", got.ClientAddr)
 	}
+}
+
+// routeCase is a message and the binding it must leave from.
+type routeCase struct {
+	msg  Message
+	want string
 }
 
 // lockedLog collects the policy service's log lines; requests from several
