@@ -13,10 +13,10 @@ import (
 	"github.com/vipmilter/vipmilter/config"
 )
 
-// maxSplitRecipients caps how many distinct recipients are placed again
+// MaxSplitRecipients caps how many distinct recipients are placed again
 // to detect a split decision; beyond it the cost would grow with the
 // recipient list while the answer (split or not) is usually known.
-const maxSplitRecipients = 50
+const MaxSplitRecipients = 50
 
 // Reason says which rule decided.
 type Reason string
@@ -224,7 +224,7 @@ func (p *Policy) splitCheck(ctx context.Context, m *Message, value string) (Step
 	want := p.placement(value, m.From, m.To[0])
 	seen := map[string]struct{}{p.recipientKey(m.To[0]): {}}
 	for _, rcpt := range m.To[1:] {
-		if len(seen) >= maxSplitRecipients {
+		if len(seen) >= MaxSplitRecipients {
 			break
 		}
 		k := p.recipientKey(rcpt)

@@ -61,6 +61,11 @@ func cmdServe(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	pd, err := startPolicyService(log, cfg, pol)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	if cfg.MetricsListen != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
@@ -89,13 +94,20 @@ func cmdServe(c *cli, args []string) error {
 			}
 			sctx, scancel := context.WithTimeout(context.Background(), *grace)
 			defer scancel()
-			if err := srv.Shutdown(sctx); err != nil {
+			err := srv.Shutdown(sctx)
+			stopPolicyService(sctx, log, pd)
+			if err != nil {
 				log.Warn("milter shutdown incomplete", "err", err)
 			}
 			return nil
 		},
 		reload: func() {
-			cfg = reload(log, *path, live, cfg, sm.policySetter(srv))
+			cfg = reload(log, *path, live, cfg, policySetterFunc(func(d milter.Decider) {
+				sm.policySetter(srv).SetPolicy(d)
+				if sp, ok := d.(*sieve.Policy); ok && pd != nil {
+					pd.SetPolicy(sp)
+				}
+			}))
 			sm.reload(cfg)
 		},
 	})
