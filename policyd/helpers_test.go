@@ -24,7 +24,7 @@ if envelope :is "auth" "marketing" { set "binding" "News"; stop; }
 if environment :is "vnd.vipmilter.helo" "reject.test" { reject "go away"; stop; }
 if environment :is "remote-ip" "192.0.2.99" { set "binding" "Pool"; stop; }
 if environment :is "vnd.vipmilter.daemon" "submission" { set "binding" "Sub"; stop; }
-if environment :is "vnd.vipmilter.queue-id" "QERR" { set "binding" "NoSuchBinding"; stop; }
+if environment :matches "vnd.vipmilter.queue-id" "QERR*" { set "binding" "NoSuch${1}"; stop; }
 if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 `
 
