@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -61,7 +62,11 @@ func cmdServe(c *cli, args []string) error {
 	}
 	logWarnings(log, cfg)
 
-	srv := milter.New(pol, log)
+	st, err := milterSettings(log, cfg)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	srv := milter.New(pol, st, log)
 	ln, err := serveListener(srv, cfg)
 	if err != nil {
 		return err
@@ -143,9 +148,35 @@ func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Conf
 	if cfg.MilterListen != old.MilterListen || cfg.MetricsListen != old.MetricsListen {
 		log.Warn("Milter_Listen/Metrics_Listen changed; restart vipmilter to apply")
 	}
-	srv.SetPolicy(pol)
+	st, err := milterSettings(log, cfg)
+	if err != nil {
+		log.Error("reload failed; keeping the old policy", "err", err)
+		return old
+	}
+	srv.SetPolicy(pol, st)
 	log.Info("policy reloaded", "config", cfg.File)
 	return cfg
+}
+
+// milterSettings are the milter's settings from the loaded binding file and
+// its header key. A missing key file is logged, not fatal: headers are then
+// written without the key, which the Postfix side does not route on
+// ("vipmilter postfix" creates the key).
+func milterSettings(log *slog.Logger, cfg *config.Config) (milter.Settings, error) {
+	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		log.Error("binding header key missing; binding headers are written without it and Postfix will not route on them (vipmilter postfix creates it)", "Binding_Header_Key", cfg.HeaderKeyFile)
+		key, err = "", nil
+	}
+	if err != nil {
+		return milter.Settings{}, err
+	}
+	return milter.Settings{
+		BindingHeader: cfg.BindingHeader,
+		HeaderKey:     key,
+		MaxBodyBytes:  cfg.MaxBodyBytes,
+		OnPolicyError: cfg.OnPolicyError,
+	}, nil
 }
 
 func logWarnings(log *slog.Logger, cfg *config.Config) {

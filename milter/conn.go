@@ -1,0 +1,188 @@
+package milter
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	gomilter "github.com/d--j/go-milter"
+)
+
+// wireConn is an MTA connection as go-milter reads it. It reads whole
+// packets itself, so that it can
+//   - set the read deadline per stage (CommandTimeout between packets,
+//     PacketTimeout within one; go-milter times only the negotiation),
+//   - refuse packets go-milter would crash on or allocate without bound
+//     (empty, longer than maxPacketBytes, missing the NUL go-milter slices
+//     past), ending the session instead of the process,
+//   - over TCP, acknowledge at once each packet that gets no reply (see
+//     tuneConn).
+//
+// Close ends the server's bookkeeping for the connection.
+type wireConn struct {
+	net.Conn
+	srv *Server
+	pr  packetReader
+	cl  sync.Once
+}
+
+// packetReader hands go-milter one checked packet at a time.
+type packetReader struct {
+	conn     net.Conn
+	src      *bufio.Reader // over deadlined reads of conn
+	quickAck func()        // nil: not TCP
+	protocol gomilter.OptProtocol
+	command  time.Duration // CommandTimeout
+	packet   time.Duration // PacketTimeout
+
+	out        []byte // the current packet, length prefix included, not yet read
+	buf        []byte
+	inPacket   bool // between the first byte of a packet and its end
+	negotiated bool // the OPTNEG packet was read (go-milter times that one)
+}
+
+var errBadPacket = errors.New("milter: bad packet from MTA")
+
+func newWireConn(c net.Conn, s *Server, g *generation) *wireConn {
+	w := &wireConn{Conn: c, srv: s}
+	w.pr = packetReader{conn: c, quickAck: tuneConn(c), protocol: g.protocol,
+		command: g.st.CommandTimeout, packet: g.st.PacketTimeout}
+	w.pr.src = bufio.NewReaderSize(deadlineReader{&w.pr}, 8<<10)
+	return w
+}
+
+func (c *wireConn) Read(p []byte) (int, error) { return c.pr.Read(p) }
+
+func (c *wireConn) Close() error {
+	err := c.Conn.Close()
+	c.cl.Do(func() { c.srv.release(c) })
+	return err
+}
+
+// deadlineReader reads the socket with the deadline of the current stage:
+// within a packet the MTA is writing; between packets it may be waiting
+// for its SMTP client.
+type deadlineReader struct{ r *packetReader }
+
+func (d deadlineReader) Read(p []byte) (int, error) {
+	r := d.r
+	if r.negotiated {
+		t := r.command
+		if r.inPacket {
+			t = r.packet
+		}
+		r.conn.SetReadDeadline(time.Now().Add(t))
+	}
+	return r.conn.Read(p)
+}
+
+func (r *packetReader) Read(p []byte) (int, error) {
+	if len(r.out) == 0 {
+		if err := r.next(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, r.out)
+	r.out = r.out[n:]
+	return n, nil
+}
+
+// next reads and checks one packet into r.out.
+func (r *packetReader) next() error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r.src, hdr[:1]); err != nil {
+		return err
+	}
+	r.inPacket = true
+	if _, err := io.ReadFull(r.src, hdr[1:]); err != nil {
+		return unexpected(err)
+	}
+	l := binary.BigEndian.Uint32(hdr[:])
+	if l == 0 || l > maxPacketBytes {
+		return fmt.Errorf("%w: length %d (1 to %d)", errBadPacket, l, maxPacketBytes)
+	}
+	if cap(r.buf) > 64<<10 { // do not hold a large packet's memory for the session
+		r.buf = nil
+	}
+	r.buf = slices.Grow(r.buf[:0], 4+int(l))[:4+int(l)]
+	copy(r.buf, hdr[:])
+	if _, err := io.ReadFull(r.src, r.buf[4:]); err != nil {
+		return unexpected(err)
+	}
+	r.inPacket = false
+	code, data := r.buf[4], r.buf[5:]
+	if err := checkPacket(code, data); err != nil {
+		return err
+	}
+	if code == 'O' {
+		r.negotiated = true
+	}
+	// Only a packet the milter does not answer leaves its ACK to the
+	// delayed-ACK timer; a reply carries the ACK of the command it answers.
+	if r.quickAck != nil && r.noReply(code) {
+		r.quickAck()
+	}
+	r.out = r.buf
+	return nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// checkPacket refuses what go-milter v0.10.1 would index past: a CONNECT
+// without host name terminator and family, a MAIL or RCPT without
+// terminator.
+func checkPacket(code byte, data []byte) error {
+	switch code {
+	case 'C':
+		if i := bytes.IndexByte(data, 0); i < 0 || i+1 >= len(data) {
+			return fmt.Errorf("%w: CONNECT without host name and family", errBadPacket)
+		}
+	case 'M', 'R':
+		if bytes.IndexByte(data, 0) < 0 {
+			return fmt.Errorf("%w: %c without NUL-terminated address", errBadPacket, code)
+		}
+	}
+	return nil
+}
+
+// noReply reports whether the milter sends nothing back for command code:
+// macros, abort and quit never get a reply; the stages negotiated with a
+// SMFIP_NR_* flag neither.
+func (r *packetReader) noReply(code byte) bool {
+	var nr gomilter.OptProtocol
+	switch code {
+	case 'D', 'A', 'Q', 'K':
+		return true
+	case 'C':
+		nr = gomilter.OptNoConnReply
+	case 'H':
+		nr = gomilter.OptNoHeloReply
+	case 'M':
+		nr = gomilter.OptNoMailReply
+	case 'R':
+		nr = gomilter.OptNoRcptReply
+	case 'T':
+		nr = gomilter.OptNoDataReply
+	case 'L':
+		nr = gomilter.OptNoHeaderReply
+	case 'N':
+		nr = gomilter.OptNoEOHReply
+	case 'B':
+		nr = gomilter.OptNoBodyReply
+	case 'U':
+		nr = gomilter.OptNoUnknownReply
+	}
+	return r.protocol&nr != 0
+}
