@@ -498,12 +498,7 @@ func TestShutdownTimeout(t *testing.T) {
 	if _, _, err := cl.cs.BodyReadFrom(strings.NewReader("x")); err == nil {
 		t.Fatal("session still served after the grace period")
 	}
-	s.mu.Lock()
-	n := len(s.active)
-	s.mu.Unlock()
-	if n != 0 {
-		t.Fatalf("%d sessions still tracked", n)
-	}
+	waitUntracked(t, s)
 }
 
 func equal[T comparable](a, b []T) bool {
