@@ -216,4 +216,3 @@ func TestPanicIsolated(t *testing.T) {
 		t.Fatalf("concurrent session: %v %v %q", err, act, add)
 	}
 }
-
