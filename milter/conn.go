@@ -25,12 +25,16 @@ import (
 //   - over TCP, acknowledge at once each packet that gets no reply (see
 //     tuneConn).
 //
+// It also joins each reply's length prefix to its data: go-milter writes
+// them separately, and the MTA would wake up for each half.
+//
 // Close ends the server's bookkeeping for the connection.
 type wireConn struct {
 	net.Conn
-	srv *Server
-	pr  packetReader
-	cl  sync.Once
+	srv  *Server
+	pr   packetReader
+	held []byte // a reply's length prefix and command, sent with its data
+	cl   sync.Once
 }
 
 // packetReader hands go-milter one checked packet at a time.
@@ -59,6 +63,24 @@ func newWireConn(c net.Conn, s *Server, g *generation) *wireConn {
 }
 
 func (c *wireConn) Read(p []byte) (int, error) { return c.pr.Read(p) }
+
+func (c *wireConn) Write(p []byte) (int, error) {
+	if len(c.held) > 0 {
+		buf := append(c.held, p...)
+		c.held = c.held[:0]
+		if _, err := c.Conn.Write(buf); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	// go-milter's WritePacket: 4-byte length and command, then the data
+	// when the length says there is some.
+	if len(p) == 5 && binary.BigEndian.Uint32(p) > 1 {
+		c.held = append(c.held[:0], p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
 
 func (c *wireConn) Close() error {
 	err := c.Conn.Close()
@@ -125,8 +147,10 @@ func (r *packetReader) next() error {
 		r.negotiated = true
 	}
 	// Only a packet the milter does not answer leaves its ACK to the
-	// delayed-ACK timer; a reply carries the ACK of the command it answers.
-	if r.quickAck != nil && r.noReply(code) {
+	// delayed-ACK timer; a reply carries the ACK of the command it answers,
+	// and when more bytes are already buffered the MTA's next write was
+	// not held.
+	if r.quickAck != nil && r.noReply(code) && r.src.Buffered() == 0 {
 		r.quickAck()
 	}
 	r.out = r.buf
