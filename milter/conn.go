@@ -181,32 +181,22 @@ func checkPacket(code byte, data []byte) error {
 	return nil
 }
 
+// noReplyFlag is the SMFIP_NR_* flag that spares each command its reply.
+var noReplyFlag = [256]gomilter.OptProtocol{
+	'C': gomilter.OptNoConnReply, 'H': gomilter.OptNoHeloReply,
+	'M': gomilter.OptNoMailReply, 'R': gomilter.OptNoRcptReply,
+	'T': gomilter.OptNoDataReply, 'L': gomilter.OptNoHeaderReply,
+	'N': gomilter.OptNoEOHReply, 'B': gomilter.OptNoBodyReply,
+	'U': gomilter.OptNoUnknownReply,
+}
+
 // noReply reports whether the milter sends nothing back for command code:
 // macros, abort and quit never get a reply; the stages negotiated with a
 // SMFIP_NR_* flag neither.
 func (r *packetReader) noReply(code byte) bool {
-	var nr gomilter.OptProtocol
 	switch code {
 	case 'D', 'A', 'Q', 'K':
 		return true
-	case 'C':
-		nr = gomilter.OptNoConnReply
-	case 'H':
-		nr = gomilter.OptNoHeloReply
-	case 'M':
-		nr = gomilter.OptNoMailReply
-	case 'R':
-		nr = gomilter.OptNoRcptReply
-	case 'T':
-		nr = gomilter.OptNoDataReply
-	case 'L':
-		nr = gomilter.OptNoHeaderReply
-	case 'N':
-		nr = gomilter.OptNoEOHReply
-	case 'B':
-		nr = gomilter.OptNoBodyReply
-	case 'U':
-		nr = gomilter.OptNoUnknownReply
 	}
-	return r.protocol&nr != 0
+	return r.protocol&noReplyFlag[code] != 0
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net"
 	"testing"
+
+	"github.com/vipmilter/vipmilter/sieve"
 )
 
 // writeCounter is a net.Conn that records each write.
@@ -47,6 +49,19 @@ func TestRepliesJoined(t *testing.T) {
 			if !bytes.Equal(w.writes[i], tc.want[i]) {
 				t.Fatalf("%s: writes %q, want %q", tc.name, w.writes, tc.want)
 			}
+		}
+	}
+}
+
+// TestNoReply: the packets that leave their ACK to the delayed-ACK timer
+// are those the negotiated protocol spares a reply, plus macros, abort and
+// quit.
+func TestNoReply(t *testing.T) {
+	r := packetReader{protocol: protocol(sieve.Needs{Headers: true})}
+	for code, want := range map[byte]bool{'D': true, 'A': true, 'Q': true, 'K': true, 'M': true, 'R': true, 'L': true,
+		'O': false, 'E': false, 'B': false, 'H': false, 'C': false, 'T': false} {
+		if got := r.noReply(code); got != want {
+			t.Errorf("noReply(%c) = %v, want %v", code, got, want)
 		}
 	}
 }
