@@ -58,7 +58,7 @@ func newWireConn(c net.Conn, s *Server, g *generation) *wireConn {
 	w := &wireConn{Conn: c, srv: s}
 	w.pr = packetReader{conn: c, quickAck: tuneConn(c), protocol: g.protocol,
 		command: g.st.CommandTimeout, packet: g.st.PacketTimeout}
-	w.pr.src = bufio.NewReaderSize(deadlineReader{&w.pr}, 8<<10)
+	w.pr.src = bufio.NewReaderSize(deadlineReader{&w.pr}, 4<<10)
 	return w
 }
 

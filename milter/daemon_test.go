@@ -128,7 +128,7 @@ func TestReadTimeouts(t *testing.T) {
 
 // waitUntracked fails unless every session's bookkeeping ends soon: the
 // server closes a connection before it releases it.
-func waitUntracked(t *testing.T, s *Server) {
+func waitUntracked(t testing.TB, s *Server) {
 	t.Helper()
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		s.mu.Lock()
