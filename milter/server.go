@@ -49,6 +49,7 @@ type Server struct {
 	gen     atomic.Pointer[generation]
 	slots   chan struct{} // one per open connection, cap MaxConnections
 	done    chan struct{} // closed by Shutdown
+	capLog  atomic.Int64  // unix nanoseconds of the last "cap reached" log line
 
 	mu       sync.Mutex
 	closing  bool
@@ -194,7 +195,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		case s.slots <- struct{}{}:
 		default:
 			s.metrics.connCapped.Inc()
-			s.log.Warn("milter connection cap reached; new connections wait", "max_connections", cap(s.slots))
+			// At most one line a minute under a flood.
+			if last, now := s.capLog.Load(), time.Now().UnixNano(); now-last > int64(time.Minute) && s.capLog.CompareAndSwap(last, now) {
+				s.log.Warn("milter connection cap reached; new connections wait", "max_connections", cap(s.slots))
+			}
 			select {
 			case s.slots <- struct{}{}:
 			case <-s.done:
