@@ -4,11 +4,15 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vipmilter/vipmilter/config"
 )
 
 // flakyListener fails its first accepts like a process out of file
@@ -214,5 +218,24 @@ func TestPanicIsolated(t *testing.T) {
 	mods, act, err := other.cs.BodyReadFrom(strings.NewReader("x"))
 	if _, add := summarize(mods); err != nil || !equal(add, []string{"X-Binding: red " + testKey}) {
 		t.Fatalf("concurrent session: %v %v %q", err, act, add)
+	}
+}
+
+// TestSocketMode: a unix socket gets Settings.SocketMode, 0666 by default.
+func TestSocketMode(t *testing.T) {
+	for _, tc := range []struct{ set, want uint32 }{{0, 0o666}, {0o660, 0o660}} {
+		st := testSettings()
+		st.SocketMode = tc.set
+		s := New(newFake(), st, quietLog())
+		path := filepath.Join(t.TempDir(), "m.sock")
+		ln, err := s.Listen(config.Listen{Network: "unix", Address: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		ln.Close()
+		if err != nil || uint32(fi.Mode().Perm()) != tc.want {
+			t.Errorf("SocketMode %o: mode %v (%v), want %o", tc.set, fi.Mode().Perm(), err, tc.want)
+		}
 	}
 }
