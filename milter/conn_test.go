@@ -2,109 +2,66 @@ package milter
 
 import (
 	"bytes"
-	"context"
-	"strings"
+	"net"
 	"testing"
-	"time"
+
+	"github.com/vipmilter/vipmilter/sieve"
 )
 
-type countingWriter struct {
-	bytes.Buffer
-	writes int
+// writeCounter is a net.Conn that records each write.
+type writeCounter struct {
+	net.Conn
+	writes [][]byte
 }
 
-func (w *countingWriter) Write(p []byte) (int, error) {
-	w.writes++
-	return w.Buffer.Write(p)
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, append([]byte(nil), p...))
+	return len(p), nil
 }
 
-// TestCoalescer: modification packets are held and sent in one write with
-// the final action; other packets, and packets split over several writes
-// (bufio flushes of large packets), pass through unchanged.
-func TestCoalescer(t *testing.T) {
-	big := strings.Repeat("v", 5000)
-	pkts := [][]byte{
-		wire([]byte("O123456789012")),
-		wire([]byte("c")),
-		wire(pkt('m', "\x00\x00\x00\x02X-Binding", "")),
-		wire(pkt('m', "\x00\x00\x00\x01X-Binding", "")),
-		wire(pkt('h', "X-Binding", big)),
-		wire([]byte("a")),
-		wire(pkt('y', "550 5.7.1 "+big)),
+// TestRepliesJoined: a reply's length prefix and data go out in one write,
+// as go-milter writes them in two; a reply without data is not held.
+func TestRepliesJoined(t *testing.T) {
+	cases := []struct {
+		name   string
+		writes [][]byte
+		want   [][]byte
+	}{
+		{"header then data", [][]byte{{0, 0, 0, 4, 'h'}, []byte("a\x00b")}, [][]byte{[]byte("\x00\x00\x00\x04ha\x00b")}},
+		{"no data", [][]byte{{0, 0, 0, 1, 'a'}}, [][]byte{{0, 0, 0, 1, 'a'}}},
+		{"add header then accept", [][]byte{{0, 0, 0, 3, 'h'}, []byte("X\x00"), {0, 0, 0, 1, 'a'}},
+			[][]byte{[]byte("\x00\x00\x00\x03hX\x00"), {0, 0, 0, 1, 'a'}}},
 	}
-	var w countingWriter
-	c := &coalescer{w: &w}
-	var want []byte
-	for _, p := range pkts {
-		want = append(want, p...)
-		for len(p) > 0 { // as bufio.Writer(4096) flushes a large packet
-			n := min(len(p), 4096)
-			if k, err := c.Write(p[:n]); k != n || err != nil {
-				t.Fatalf("Write = %d, %v", k, err)
+	for _, tc := range cases {
+		w := &writeCounter{}
+		c := &wireConn{Conn: w}
+		var sent []byte
+		for _, p := range tc.writes {
+			if n, err := c.Write(p); n != len(p) || err != nil {
+				t.Fatalf("%s: Write = %d, %v", tc.name, n, err)
 			}
-			p = p[n:]
+			sent = append(sent, p...)
 		}
-	}
-	if !bytes.Equal(w.Bytes(), want) {
-		t.Fatalf("bytes differ")
-	}
-	// O, c, [m m h h' a] in one, y in two chunks.
-	if w.writes != 5 {
-		t.Fatalf("%d writes, want 5", w.writes)
-	}
-}
-
-// TestFramer: a packet the milter does not answer (macro, abort) is
-// recognised however the stream is split across reads.
-func TestFramer(t *testing.T) {
-	stream := wire(pkt('D', "M", "i", "QID"), pkt('M', "<a@b>"), []byte{'A'}, pkt('R', "<c@d>"))
-	ends := 0
-	for split := 1; split <= len(stream); split++ {
-		var f Framer
-		n := 0
-		for p := stream; len(p) > 0; {
-			k := min(split, len(p))
-			if f.Scan(p[:k]) {
-				n++
+		if !bytes.Equal(bytes.Join(w.writes, nil), sent) || len(w.writes) != len(tc.want) {
+			t.Fatalf("%s: writes %q, want %q", tc.name, w.writes, tc.want)
+		}
+		for i := range tc.want {
+			if !bytes.Equal(w.writes[i], tc.want[i]) {
+				t.Fatalf("%s: writes %q, want %q", tc.name, w.writes, tc.want)
 			}
-			p = p[k:]
 		}
-		if split == len(stream) {
-			ends = n
-		}
-		if split == 1 && n != 2 {
-			t.Fatalf("split %d: %d no-reply packets, want 2", split, n)
-		}
-		if f.need != 0 || f.nh != 0 {
-			t.Fatalf("split %d: framer out of step: %+v", split, f)
-		}
-	}
-	if ends != 1 { // both end in one read: reported once
-		t.Fatalf("whole stream: %d", ends)
 	}
 }
 
-// TestShutdownTimeout: a session that does not finish within the grace
-// period is cut off, and Shutdown reports it.
-func TestShutdownTimeout(t *testing.T) {
-	s := New(newFake(), nil)
-	c := start(t, s, "unix")
-	cs := newSess(t, c)
-	if _, err := cs.Mail("<a@blue.test>", nil); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if err := s.Shutdown(ctx); err == nil {
-		t.Fatal("Shutdown = nil with a session in flight")
-	}
-	if _, err := cs.Rcpt("<x@example.net>", nil); err == nil {
-		t.Fatal("session still served after the grace period")
-	}
-	s.mu.Lock()
-	n := len(s.active)
-	s.mu.Unlock()
-	if n != 0 {
-		t.Fatalf("%d sessions still tracked", n)
+// TestNoReply: the packets that leave their ACK to the delayed-ACK timer
+// are those the negotiated protocol spares a reply, plus macros, abort and
+// quit.
+func TestNoReply(t *testing.T) {
+	r := packetReader{protocol: protocol(sieve.Needs{Headers: true})}
+	for code, want := range map[byte]bool{'D': true, 'A': true, 'Q': true, 'K': true, 'M': true, 'R': true, 'L': true,
+		'O': false, 'E': false, 'B': false, 'H': false, 'C': false, 'T': false} {
+		if got := r.noReply(code); got != want {
+			t.Errorf("noReply(%c) = %v, want %v", code, got, want)
+		}
 	}
 }

@@ -1,23 +1,30 @@
-// Package milter is vipmilter's Postfix milter: it collects what the policy
-// needs of each message, asks the policy for a binding, and writes exactly
-// one binding header (removing any copy the client sent).
+// Package milter is vipmilter's milter for Postfix and Sendmail (milter
+// protocol 6, github.com/d--j/go-milter): it collects what the policy reads
+// of each message, asks the policy for a binding, and writes one binding
+// header at end of message.
+//
+// It negotiates only the stages the policy needs and asks for no replies
+// where the answer cannot change anything: MAIL and RCPT always (envelope;
+// MAIL also starts a message), HELO only for a policy that reads it, headers
+// only for a policy that reads headers or the size, the body only for one
+// that reads the body or the size. The client's address and name, the
+// daemon name, the SASL login and the queue id come from macros requested at
+// negotiation. Only end of message is answered.
 package milter
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/sieve"
@@ -27,71 +34,119 @@ import (
 type Decider interface {
 	Decide(ctx context.Context, m *sieve.Message) sieve.Decision
 	Needs() sieve.Needs
-	Config() *config.Config
 }
 
-// SocketMode is the mode of a unix socket the milter creates. Postfix's
-// smtpd/cleanup run as user "postfix", which is normally not in vipmilter's
-// group, so the socket is world-connectable; restrict access with the mode
-// of its directory (e.g. 0750 root:postfix) instead.
-var SocketMode fs.FileMode = 0o666
+// headerReader is an optional Decider method: a policy that can name the
+// header fields it reads lets the milter keep only those.
+type headerReader interface {
+	ReadsHeader(name string) bool
+}
 
-// Macros vipmilter reads: i, {auth_authen}, {daemon_name}, {client_addr},
-// {client_name}. go-milter v0.5.0 cannot request them (protocol v2), so
-// they come from Postfix's milter_*_macros settings; the 3.7 defaults
-// already include them.
 // Server serves milter sessions. The zero value is not usable; use New.
 type Server struct {
-	policy  atomic.Pointer[policyBox]
 	log     *slog.Logger
 	metrics *Metrics
+	gen     atomic.Pointer[generation]
+	slots   chan struct{} // one per open connection, cap MaxConnections
+	done    chan struct{} // closed by Shutdown
+	capLog  atomic.Int64  // unix nanoseconds of the last "cap reached" log line
 
 	mu       sync.Mutex
 	closing  bool
 	lns      []net.Listener
 	sessions sync.WaitGroup
-	active   map[net.Conn]struct{}
+	active   map[*wireConn]struct{}
 }
 
-type policyBox struct{ d Decider }
+// generation is one policy with its settings and the go-milter server that
+// negotiates the stages that policy needs. A reload starts a new generation;
+// sessions of the old one finish with the policy they negotiated for.
+type generation struct {
+	d        Decider
+	st       Settings
+	needs    sieve.Needs
+	protocol gomilter.OptProtocol
+	lib      *gomilter.Server
+	queue    *connQueue
+}
 
-// New returns a Server deciding with d. log may be nil (slog.Default).
-func New(d Decider, log *slog.Logger) *Server {
+// New returns a Server deciding with d under st. log may be nil
+// (slog.Default). st.MaxConnections is read here; the other settings follow
+// SetPolicy.
+func New(d Decider, st Settings, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, metrics: NewMetrics(), active: map[net.Conn]struct{}{}}
-	s.SetPolicy(d)
+	st = st.withDefaults()
+	s := &Server{
+		log:     log,
+		metrics: NewMetrics(),
+		slots:   make(chan struct{}, st.MaxConnections),
+		done:    make(chan struct{}),
+		active:  map[*wireConn]struct{}{},
+	}
+	setLibraryLogger(log)
+	s.SetPolicy(d, st)
 	return s
 }
 
-// SetPolicy swaps the policy atomically. A session keeps the policy it
-// took at connect time, because the stages it gets from Postfix were
-// negotiated for that policy's Needs; new connections use d.
-func (s *Server) SetPolicy(d Decider) { s.policy.Store(&policyBox{d}) }
+// SetPolicy swaps the policy and settings atomically. A session keeps the
+// policy it negotiated for (the MTA sends only the stages that policy
+// needs); new connections use d.
+func (s *Server) SetPolicy(d Decider, st Settings) {
+	st = st.withDefaults()
+	g := &generation{d: d, st: st, needs: d.Needs(), queue: newConnQueue()}
+	g.protocol = protocol(g.needs)
+	g.lib = gomilter.NewServer(
+		gomilter.WithDynamicMilter(func(uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize) gomilter.Milter {
+			return newSession(s, g)
+		}),
+		gomilter.WithActions(gomilter.OptAddHeader),
+		gomilter.WithProtocols(g.protocol),
+		gomilter.WithMacroRequest(gomilter.StageConnect, []gomilter.MacroName{
+			gomilter.MacroClientAddr, gomilter.MacroClientName, gomilter.MacroDaemonName}),
+		gomilter.WithMacroRequest(gomilter.StageMail, []gomilter.MacroName{gomilter.MacroAuthAuthen}),
+		gomilter.WithMacroRequest(gomilter.StageEOM, []gomilter.MacroName{gomilter.MacroQueueId}),
+	)
+	go g.lib.Serve(g.queue)
+	if old := s.gen.Swap(g); old != nil {
+		old.queue.Close() // its sessions run on
+	}
+}
 
 // Policy returns the current policy.
-func (s *Server) Policy() Decider { return s.policy.Load().d }
+func (s *Server) Policy() Decider { return s.gen.Load().d }
 
 // Metrics returns the server's metrics (private registry).
 func (s *Server) Metrics() *Metrics { return s.metrics }
 
-// protocol is the stage set for a connection: headers always (the milter
-// must count the client's Binding_Header copies) but without per-header
-// replies; the body only when the policy reads it or its size.
-func protocol(body bool) gomilter.OptProtocol {
-	// go-milter v0.5.0 negotiates milter protocol version 2, where the
-	// SMFIP_NR_* "no reply" bits and SETSYMLIST do not exist; asking for
-	// them desynchronises replies, so only the v2 stage bits are used.
-	p := gomilter.OptNoHelo
-	if !body {
+// protocol is the stage set for a policy's needs (see the package comment).
+// Every stage the milter receives but the end of message is no-reply: the
+// answer could not change anything, since the decision needs the whole
+// message.
+func protocol(n sieve.Needs) gomilter.OptProtocol {
+	p := gomilter.OptNoConnect | gomilter.OptNoData | gomilter.OptNoUnknown | gomilter.OptNoEOH |
+		gomilter.OptNoMailReply | gomilter.OptNoRcptReply
+	if n.Helo {
+		p |= gomilter.OptNoHeloReply
+	} else {
+		p |= gomilter.OptNoHelo
+	}
+	if n.Headers || n.Size {
+		p |= gomilter.OptNoHeaderReply
+	} else {
+		p |= gomilter.OptNoHeaders
+	}
+	if n.Body || n.Size {
+		p |= gomilter.OptNoBodyReply
+	} else {
 		p |= gomilter.OptNoBody
 	}
 	return p
 }
 
 // Listen opens addr. A stale unix socket is removed first and removed
-// again by Shutdown.
+// again by Shutdown; a new one gets Settings.SocketMode.
 func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
 	if path := addr.Path(); path != "" {
 		if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
@@ -102,7 +157,7 @@ func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
 			return nil, fmt.Errorf("milter listen %s: %w", addr, err)
 		}
 		ln.(*net.UnixListener).SetUnlinkOnClose(true)
-		if err := os.Chmod(path, SocketMode); err != nil {
+		if err := os.Chmod(path, fs.FileMode(s.gen.Load().st.SocketMode)); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("milter socket %q: %w", path, err)
 		}
@@ -115,9 +170,16 @@ func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve accepts connections on ln until Shutdown. Each connection is handed
-// to a go-milter server whose stage set matches the policy current at
-// accept time.
+// Accept back-off after errors such as EMFILE (as net/http does).
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// Serve accepts connections on ln until Shutdown and hands each to the
+// current generation. At most MaxConnections are open at once; accept
+// errors other than a closed listener (EMFILE, ENFILE, ENOBUFS, …) are
+// logged and counted, and accepting resumes after a back-off.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
@@ -127,63 +189,101 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
+	var backoff time.Duration
 	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.metrics.connCapped.Inc()
+			// At most one line a minute under a flood.
+			if last, now := s.capLog.Load(), time.Now().UnixNano(); now-last > int64(time.Minute) && s.capLog.CompareAndSwap(last, now) {
+				s.log.Warn("milter connection cap reached; new connections wait", "max_connections", cap(s.slots))
+			}
+			select {
+			case s.slots <- struct{}{}:
+			case <-s.done:
 				return gomilter.ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("milter accept: %w", err)
 		}
+		conn, err := ln.Accept()
+		if err != nil {
+			<-s.slots
+			if s.isClosing() {
+				return gomilter.ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("milter accept: %w", err)
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			s.metrics.acceptErrors.Inc()
+			s.log.Error("milter accept failed; retrying", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
+				return gomilter.ErrServerClosed
+			}
+			continue
+		}
+		backoff = 0
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			conn.Close()
+			<-s.slots
 			continue
 		}
 		s.sessions.Add(1)
 		s.mu.Unlock()
-		s.serveConn(tuneConn(conn))
+		s.hand(conn)
 	}
 }
 
-// serveConn runs one session through go-milter's own accept loop, fed with
-// this single connection, so sessions keep go-milter's protocol handling.
-// It returns at once: the session runs on go-milter's goroutine, and the
-// connection's Close (go-milter always closes it) ends the bookkeeping.
-func (s *Server) serveConn(conn net.Conn) {
-	d := s.Policy()
-	n := d.Needs()
-	body := n.Body || n.Size
-	cs := &connState{}
-	tracked := &trackedConn{Conn: conn, w: coalescer{w: conn}, srv: s}
+func (s *Server) isClosing() bool {
 	s.mu.Lock()
-	s.active[tracked] = struct{}{}
-	s.mu.Unlock()
-	g := &gomilter.Server{
-		NewMilter: func() gomilter.Milter { return newSession(s, d, body, cs) },
-		Actions:   gomilter.OptAddHeader | gomilter.OptChangeHeader,
-		Protocol:  protocol(body),
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// hand passes conn to the current generation's go-milter server.
+func (s *Server) hand(conn net.Conn) {
+	for {
+		g := s.gen.Load()
+		wc := newWireConn(conn, s, g)
+		s.mu.Lock()
+		s.active[wc] = struct{}{}
+		s.mu.Unlock()
+		if g.queue.put(wc) {
+			return
+		}
+		// Replaced by a reload in between: take the new generation.
+		s.mu.Lock()
+		delete(s.active, wc)
+		s.mu.Unlock()
 	}
-	g.Serve(&oneListener{conn: tracked})
+}
+
+// release ends a connection's bookkeeping; wireConn.Close calls it once.
+func (s *Server) release(c *wireConn) {
+	s.mu.Lock()
+	delete(s.active, c)
+	s.mu.Unlock()
+	<-s.slots
+	s.sessions.Done()
 }
 
 // Shutdown stops accepting, waits for sessions in flight until ctx ends,
 // then closes what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closing = true
+	if !s.closing {
+		s.closing = true
+		close(s.done)
+	}
 	for _, ln := range s.lns {
 		ln.Close()
 	}
 	s.mu.Unlock()
+	s.gen.Load().queue.Close()
 	waited := make(chan struct{})
 	go func() { s.sessions.Wait(); close(waited) }()
 	select {
@@ -191,7 +291,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		s.mu.Lock()
-		conns := make([]net.Conn, 0, len(s.active))
+		conns := make([]*wireConn, 0, len(s.active))
 		for c := range s.active {
 			conns = append(conns, c)
 		}
@@ -204,140 +304,66 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// trackedConn ends the session's bookkeeping when go-milter closes the
-// connection, and coalesces its writes.
-type trackedConn struct {
-	net.Conn
-	w    coalescer
-	srv  *Server
+// connQueue is the listener of one generation's go-milter server: Serve
+// accepts on the real socket and queues each connection here.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
 	once sync.Once
 }
 
-func (c *trackedConn) Write(p []byte) (int, error) { return c.w.Write(p) }
-
-// coalescer holds the modification packets go-milter writes at end of
-// message (delete and add header) and sends them in one write together
-// with the final action that follows, instead of one write (and one
-// wake-up of the MTA) per packet. The MTA reads the same bytes in the same
-// order. go-milter writes every packet through its own bufio.Writer, so a
-// Write starts a packet or continues the current one.
-type coalescer struct {
-	w    io.Writer
-	held []byte // modification packets not yet sent
-	rest int    // bytes of the current packet still to come
-	hold bool   // the current packet is held
+func newConnQueue() *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
-// isModification reports whether code is a milter modification action
-// (SMFIR_ADDHEADER, CHGHEADER, ...), always followed by a final action.
-func isModification(code byte) bool {
-	return strings.IndexByte("hmi+-bqe", code) >= 0
+// put hands c to the go-milter server; false if the queue is closed.
+func (q *connQueue) put(c net.Conn) bool {
+	select {
+	case <-q.done:
+		return false
+	default:
+	}
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
 }
 
-func (c *coalescer) Write(p []byte) (int, error) {
-	if c.rest == 0 { // a new packet
-		if len(p) < 5 {
-			return c.flush(p)
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return queueAddr{} }
+
+type queueAddr struct{}
+
+func (queueAddr) Network() string { return "milter" }
+func (queueAddr) String() string  { return "vipmilter" }
+
+// libLog receives go-milter's warnings (malformed packets, broken
+// connections). go-milter has one package-wide hook, so the logger of the
+// most recent New gets them.
+var libLog atomic.Pointer[slog.Logger]
+
+var libLogOnce sync.Once
+
+func setLibraryLogger(log *slog.Logger) {
+	libLog.Store(log)
+	libLogOnce.Do(func() {
+		gomilter.LogWarning = func(format string, v ...any) {
+			libLog.Load().Warn("milter protocol", "detail", fmt.Sprintf(format, v...))
 		}
-		c.rest = 4 + int(binary.BigEndian.Uint32(p))
-		c.hold = isModification(p[4])
-	}
-	c.rest -= len(p)
-	if c.rest < 0 { // not go-milter's framing: stop interpreting
-		c.rest, c.hold = 0, false
-	}
-	if c.hold {
-		c.held = append(c.held, p...)
-		if c.rest == 0 {
-			c.hold = false
-		}
-		return len(p), nil
-	}
-	return c.flush(p)
-}
-
-// flush writes what is held followed by p in one write.
-func (c *coalescer) flush(p []byte) (int, error) {
-	if len(c.held) == 0 {
-		return c.w.Write(p)
-	}
-	c.held = append(c.held, p...)
-	_, err := c.w.Write(c.held)
-	c.held = c.held[:0]
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.srv.mu.Lock()
-		delete(c.srv.active, c)
-		c.srv.mu.Unlock()
-		c.srv.sessions.Done()
 	})
-	return err
-}
-
-// oneListener yields one connection, then reports the listener closed, so
-// go-milter's Serve starts that session and returns.
-type oneListener struct {
-	conn   *trackedConn
-	handed bool
-}
-
-func (l *oneListener) Accept() (net.Conn, error) {
-	if !l.handed {
-		l.handed = true
-		return l.conn, nil
-	}
-	return nil, net.ErrClosed
-}
-func (l *oneListener) Close() error   { return nil }
-func (l *oneListener) Addr() net.Addr { return l.conn.LocalAddr() }
-
-// Framer follows the milter packet framing of what the MTA sends (4-byte
-// big-endian length, command byte, data) across reads.
-type Framer struct {
-	hdr   [4]byte
-	nh    int  // length bytes seen
-	need  int  // bytes of the current packet still to come
-	first bool // the next byte is the command code
-	code  byte
-}
-
-// noReply reports whether the milter sends nothing back for command code
-// (in protocol v2: SMFIC_MACRO, SMFIC_ABORT, and QUIT).
-func noReply(code byte) bool { return code == 'D' || code == 'A' || code == 'Q' || code == 'K' }
-
-// Scan consumes p and reports whether a packet that gets no reply ended in
-// it: after such a packet the milter must acknowledge at once (TCP_QUICKACK),
-// since no reply will carry the ACK. Exported for bench/milter-socket.
-func (f *Framer) Scan(p []byte) bool {
-	ended := false
-	for len(p) > 0 {
-		if f.need == 0 {
-			k := copy(f.hdr[f.nh:], p)
-			f.nh += k
-			p = p[k:]
-			if f.nh == 4 {
-				f.nh = 0
-				f.need = int(binary.BigEndian.Uint32(f.hdr[:]))
-				f.first = f.need > 0
-			}
-			continue
-		}
-		if f.first {
-			f.code, f.first = p[0], false
-		}
-		k := min(f.need, len(p))
-		f.need -= k
-		p = p[k:]
-		if f.need == 0 && noReply(f.code) {
-			ended = true
-		}
-	}
-	return ended
 }

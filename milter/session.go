@@ -3,140 +3,110 @@ package milter
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/textproto"
 	"strings"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
+	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
-// session is one milter connection. go-milter reuses it for every message
-// on the connection and calls Abort between them, so per-message state
-// lives in msg and is reset there.
+// session is one MTA connection's backend. Connection fields and message
+// fields are kept apart, and reset clears exactly the message fields: at
+// MAIL (Sendmail sends no ABORT between accepted messages), at ABORT, and
+// after end of message.
 type session struct {
-	srv    *Server
-	policy Decider // snapshot at connect: the stages were negotiated for it
-	body   bool    // the body stage was requested
-	needs  sieve.Needs
+	gomilter.NoOpMilter
+	srv     *Server
+	g       *generation // the policy the stages were negotiated for
+	headers headerReader
 
-	*connState // shared by every backend go-milter creates for this connection
+	// connection
+	helo string
 
-	// message state
-	msg     sieve.Message
-	copies  int // client-sent copies of the binding header
-	size    int
-	started time.Time
+	// message
+	msg         sieve.Message
+	size        int
+	headerBytes int  // header bytes kept for the policy
+	capped      bool // a header field was dropped for MaxHeaderBytes
+	failed      bool // a callback panicked: the message is tempfailed
+	started     time.Time
 }
 
-// connState is per-connection state. go-milter builds a new backend after each
-// accepted message, so what Connect/HELO learnt must live outside it.
-type connState struct {
-	remoteIP, remoteHost, helo, daemon string
-}
-
-func newSession(s *Server, d Decider, body bool, c *connState) *session {
-	return &session{srv: s, policy: d, body: body, needs: d.Needs(), connState: c}
+func newSession(s *Server, g *generation) *session {
+	ses := &session{srv: s, g: g}
+	ses.headers, _ = g.d.(headerReader)
+	return ses
 }
 
 func (s *session) reset() {
 	s.msg = sieve.Message{}
-	s.copies, s.size = 0, 0
+	s.size, s.headerBytes, s.capped, s.failed = 0, 0, false, false
 	s.started = time.Time{}
 }
 
-// recovered turns a panic in a callback into a tempfail for the message,
-// so one bad message never takes down other sessions.
-func (s *session) recovered(resp *gomilter.Response, err *error) {
+// recovered turns a panic in a callback into a failed message, so one bad
+// message never takes down other sessions: go-milter does not recover.
+func (s *session) recovered(resp **gomilter.Response, err *error) {
 	if r := recover(); r != nil {
-		s.srv.metrics.Panics.Inc()
+		s.srv.metrics.panics.Inc()
 		s.srv.log.Error("milter session panic", "queue_id", s.msg.QueueID, "panic", fmt.Sprint(r))
+		s.failed = true
 		*resp, *err = gomilter.RespTempFail, nil
 	}
 }
 
-func (s *session) macros(m *gomilter.Modifier) {
-	if m == nil {
-		return
-	}
-	if v := m.Macros["i"]; v != "" {
-		s.msg.QueueID = v
-	}
-	if v := m.Macros["{auth_authen}"]; v != "" {
-		s.msg.Auth = v
-	}
-	if v := m.Macros["{daemon_name}"]; v != "" {
-		s.daemon = v
-	}
-	if v := m.Macros["{client_name}"]; v != "" && s.remoteHost == "" {
-		s.remoteHost = v
-	}
-	if v := m.Macros["{client_addr}"]; v != "" && s.remoteIP == "" {
-		s.remoteIP = v
-	}
+func (s *session) NewConnection(gomilter.Modifier) error {
+	s.helo = ""
+	s.reset()
+	return nil
 }
 
-func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (resp gomilter.Response, err error) {
-	defer s.recovered(&resp, &err)
-	s.remoteHost = host
-	if addr != nil {
-		s.remoteIP = addr.String()
-	}
-	s.macros(m)
-	return gomilter.RespContinue, nil
-}
-
-func (s *session) Helo(name string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) Helo(name string, _ gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.recovered(&resp, &err)
 	s.helo = name
-	s.macros(m)
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) MailFrom(from, _ string, _ gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.recovered(&resp, &err)
 	s.reset()
 	s.started = time.Now()
-	s.msg.From = strings.TrimSuffix(strings.TrimPrefix(from, "<"), ">")
-	s.macros(m)
+	s.msg.From = from
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) RcptTo(to string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) RcptTo(to, _ string, _ gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.recovered(&resp, &err)
-	s.msg.To = append(s.msg.To, strings.TrimSuffix(strings.TrimPrefix(to, "<"), ">"))
-	s.macros(m)
+	s.msg.To = append(s.msg.To, to)
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+// Header keeps a field for the policy, through sieve.Message.AddHeader (the
+// one message view), when the policy reads headers and reads this one,
+// within MaxHeaderBytes.
+func (s *session) Header(name, value string, _ gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.recovered(&resp, &err)
-	if strings.EqualFold(name, s.policy.Config().BindingHeader) {
-		s.copies++
+	n := len(name) + len(value)
+	s.size += n + 3 // ":" and CRLF
+	if !s.g.needs.Headers || (s.headers != nil && !s.headers.ReadsHeader(name)) {
+		return gomilter.RespContinue, nil
 	}
-	s.size += len(name) + len(value) + 4
-	s.macros(m)
-	return gomilter.RespContinue, nil
-}
-
-func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
-	defer s.recovered(&resp, &err)
-	if s.needs.Headers {
-		s.msg.Header = h
+	if s.headerBytes+n > s.g.st.MaxHeaderBytes {
+		s.capped = true
+		return gomilter.RespContinue, nil
 	}
-	s.size += 2
-	s.macros(m)
+	s.headerBytes += n
+	s.msg.AddHeader(name, value)
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) BodyChunk(chunk []byte, _ gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.recovered(&resp, &err)
 	s.size += len(chunk)
-	if s.needs.Body {
-		max := s.policy.Config().MaxBodyBytes
-		if room := max - int64(len(s.msg.Body)); room > 0 {
+	if s.g.needs.Body {
+		if room := s.g.st.MaxBodyBytes - int64(len(s.msg.Body)); room > 0 {
 			if int64(len(chunk)) > room {
 				chunk = chunk[:room]
 			}
@@ -146,35 +116,44 @@ func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.R
 	return gomilter.RespContinue, nil
 }
 
-// Body is end of message: decide, strip the client's binding headers and
-// write ours.
-func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
+// EndOfMessage decides and writes the binding header.
+func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.recovered(&resp, &err)
 	defer s.reset()
-	s.macros(m)
-	cfg := s.policy.Config()
-	s.msg.RemoteIP, s.msg.RemoteHost, s.msg.Helo, s.msg.Daemon = s.remoteIP, s.remoteHost, s.helo, s.daemon
-	s.msg.Phase = "during"
-	s.msg.Size = s.size
-	if s.needs.Headers && s.msg.Header == nil {
-		s.msg.Header = m.Headers
+	st := s.g.st
+	s.msg.QueueID = m.Get(gomilter.MacroQueueId)
+	s.msg.Auth = m.Get(gomilter.MacroAuthAuthen)
+	s.msg.Daemon = m.Get(gomilter.MacroDaemonName)
+	s.msg.RemoteIP = m.Get(gomilter.MacroClientAddr)
+	s.msg.RemoteHost = m.Get(gomilter.MacroClientName)
+	s.msg.Helo = s.helo
+	if s.failed {
+		return gomilter.RespTempFail, nil
 	}
-	if s.needs.Body && s.msg.Body == nil {
+	s.msg.Phase = "during"
+	s.msg.Size = s.size + 2 // the empty line after the header
+	if s.g.needs.Body && s.msg.Body == nil {
 		s.msg.Body = []byte{}
 	}
-	d := s.policy.Decide(context.Background(), &s.msg)
 	met := s.srv.metrics
-	met.Decision.Observe(d.Elapsed.Seconds())
-	met.Messages.WithLabelValues(d.Binding, string(d.Reason)).Inc()
-	met.Unavailable.Add(float64(d.Unavailable))
+	if s.capped {
+		met.headersCapped.Inc()
+	}
+	d := s.decide()
+	met.decision.Observe(d.Elapsed.Seconds())
+	met.messages.WithLabelValues(d.Binding, string(d.Reason)).Inc()
+	met.unavailable.Add(float64(d.Unavailable))
 	if d.Split {
-		met.Split.Inc()
+		met.split.Inc()
 	}
 	attrs := []any{"queue_id", s.msg.QueueID, "from", s.msg.From, "rcpts", len(s.msg.To),
 		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", d.Split,
 		"trace", traceText(d.Trace), "elapsed", time.Since(s.started)}
+	if s.capped {
+		attrs = append(attrs, "headers_capped", st.MaxHeaderBytes)
+	}
 	if d.Err != nil {
-		met.PolicyErrors.Inc()
+		met.policyErrors.Inc()
 		s.srv.log.Warn("milter decision", append(attrs, "err", d.Err)...)
 	} else {
 		s.srv.log.Info("milter decision", attrs...)
@@ -185,24 +164,38 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 		if text == "" {
 			text = "message refused by policy"
 		}
-		return gomilter.NewResponseStr('y', "550 5.7.1 "+oneLine(text)), nil
+		return gomilter.RejectWithCodeAndReason(550, "5.7.1 "+oneLine(text))
 	case sieve.Tempfail:
-		return gomilter.NewResponseStr('y', "451 4.3.0 binding policy failed, try again later"), nil
+		return gomilter.RejectWithCodeAndReason(451, "4.3.0 binding policy failed, try again later")
 	}
-	// Indices are per header name, 1-based; delete from the last copy so
-	// earlier indices stay valid.
-	for i := s.copies; i >= 1; i-- {
-		if err := m.ChangeHeader(i, cfg.BindingHeader, ""); err != nil {
-			return nil, fmt.Errorf("delete %s #%d: %w", cfg.BindingHeader, i, err)
-		}
+	if err := m.AddHeader(st.BindingHeader, st.headerValue(d.Binding)); err != nil {
+		return nil, fmt.Errorf("add %s: %w", st.BindingHeader, err)
 	}
-	if err := m.AddHeader(cfg.BindingHeader, d.Binding); err != nil {
-		return nil, fmt.Errorf("add %s: %w", cfg.BindingHeader, err)
+	if st.Decided != nil {
+		st.Decided(s.msg.QueueID, d.Binding)
 	}
 	return gomilter.RespAccept, nil
 }
 
-func (s *session) Abort(m *gomilter.Modifier) error {
+// decide runs the policy; a panic in it is a policy error handled per
+// Settings.OnPolicyError.
+func (s *session) decide() (d sieve.Decision) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.srv.metrics.panics.Inc()
+			d = sieve.Decision{Reason: sieve.ReasonPolicyError, Err: fmt.Errorf("policy panic: %v", r)}
+			if s.g.st.OnPolicyError == config.PolicyErrorTempfail {
+				d.Action = sieve.Tempfail
+				return
+			}
+			d.Binding = config.DefaultBindingName
+			d.Trace = []sieve.Step{{Rule: "error", Detail: d.Err.Error()}, {Rule: "fallback", Detail: "binding " + d.Binding}}
+		}
+	}()
+	return s.g.d.Decide(context.Background(), &s.msg)
+}
+
+func (s *session) Abort(gomilter.Modifier) error {
 	s.reset()
 	return nil
 }

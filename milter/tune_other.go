@@ -4,4 +4,4 @@ package milter
 
 import "net"
 
-func tuneConn(c net.Conn) net.Conn { return c }
+func tuneConn(net.Conn) func() { return nil }

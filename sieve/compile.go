@@ -466,6 +466,16 @@ func (p *Policy) scan(cmds []parser.Cmd) {
 			p.needs.Size = true
 		case "body":
 			p.needs.Body = true
+		case "environment":
+			// Any string naming the HELO item, or a variable that could
+			// expand to it.
+			for _, a := range t.Args {
+				for _, v := range argStrings(a) {
+					if lv := strings.ToLower(v); strings.Contains(lv, "helo") || strings.Contains(lv, "${") {
+						p.needs.Helo = true
+					}
+				}
+			}
 		case "envelope":
 			for _, a := range t.Args {
 				vals := argStrings(a)

@@ -44,6 +44,7 @@ type Needs struct {
 	Headers bool // the script tests headers (header, address, exists, ...)
 	Body    bool // the script requires "body"
 	Size    bool // the script uses the size test (the milter must count the message)
+	Helo    bool // the script may read environment "vnd.vipmilter.helo" (the milter asks for HELO)
 }
 
 // Policy is a loaded binding file plus its compiled script. It is safe for

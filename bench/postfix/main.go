@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 	"github.com/vipmilter/vipmilter/e2e"
 )
 
@@ -55,7 +55,7 @@ func serveNoOp(listen string) error {
 	if network == "unix" {
 		os.Chmod(addr, 0o666)
 	}
-	s := milter.Server{NewMilter: func() milter.Milter { return milter.NoOpMilter{} }}
+	s := milter.NewServer(milter.WithMilter(func() milter.Milter { return milter.NoOpMilter{} }))
 	return s.Serve(ln)
 }
 

@@ -6,9 +6,7 @@ import (
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
-	"github.com/vipmilter/vipmilter/milter"
 	"github.com/vipmilter/vipmilter/sendmail"
-	"github.com/vipmilter/vipmilter/sieve"
 )
 
 // sendmailSide is serve's Sendmail socketmap; nil when Sendmail_Socketmap
@@ -63,38 +61,11 @@ func (s *sendmailSide) reload(cfg *config.Config) {
 	}
 }
 
-// ADAPTER until milter.Settings.Decided exists on this branch: the milter's
-// policy is wrapped so that every accepted decision is recorded under its
-// queue id. Replace with Settings{Decided: s.store.Record} and delete
-// recordingDecider and policySetter.
-func (s *sendmailSide) policy(d milter.Decider) milter.Decider {
+// decided records each accepted decision under its queue id
+// (milter.Settings.Decided); nil without a socketmap.
+func (s *sendmailSide) decided() func(queueID, binding string) {
 	if s == nil {
-		return d
+		return nil
 	}
-	return recordingDecider{Decider: d, record: s.store.Record}
+	return s.store.Record
 }
-
-type recordingDecider struct {
-	milter.Decider
-	record func(queueID, binding string)
-}
-
-func (r recordingDecider) Decide(ctx context.Context, m *sieve.Message) sieve.Decision {
-	d := r.Decider.Decide(ctx, m)
-	if d.Action == sieve.Accept {
-		r.record(m.QueueID, d.Binding)
-	}
-	return d
-}
-
-// policySetter wraps srv so a reloaded policy is wrapped too (ADAPTER, see
-// policy).
-func (s *sendmailSide) policySetter(srv *milter.Server) policySetter {
-	return policySetterFunc(func(d milter.Decider) { srv.SetPolicy(s.policy(d)) })
-}
-
-type policySetter interface{ SetPolicy(milter.Decider) }
-
-type policySetterFunc func(milter.Decider)
-
-func (f policySetterFunc) SetPolicy(d milter.Decider) { f(d) }

@@ -2,15 +2,14 @@ package main
 
 import (
 	"bytes"
-	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
-	"github.com/vipmilter/vipmilter/milter"
-	"github.com/vipmilter/vipmilter/sieve"
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sendmail"
 )
 
 func TestCmdSendmail(t *testing.T) {
@@ -67,41 +66,21 @@ Binding "A" { Bind_Address = 192.0.2.2  Match_Domain = a.example }
 	}
 }
 
-// fixedDecider answers every message with d.
-type fixedDecider struct {
-	milter.Decider
-	d sieve.Decision
-}
-
-func (f fixedDecider) Decide(context.Context, *sieve.Message) sieve.Decision { return f.d }
-
-func TestRecordingDecider(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		d      sieve.Decision
-		record bool
-	}{
-		{"accept", sieve.Decision{Binding: "A", Action: sieve.Accept}, true},
-		{"reject", sieve.Decision{Action: sieve.Reject}, false},
-		{"tempfail", sieve.Decision{Binding: "default", Action: sieve.Tempfail}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var got []string
-			r := recordingDecider{Decider: fixedDecider{d: tc.d}, record: func(q, b string) { got = append(got, q+"="+b) }}
-			r.Decide(context.Background(), &sieve.Message{QueueID: "6AUCEO1c006420"})
-			want := []string(nil)
-			if tc.record {
-				want = []string{"6AUCEO1c006420=" + tc.d.Binding}
-			}
-			if !slices.Equal(got, want) {
-				t.Errorf("recorded %v, want %v", got, want)
-			}
-		})
-	}
-	// Without Sendmail_Socketmap the policy is passed through untouched.
+// TestSendmailDecided: the socketmap records what the milter reports
+// through Settings.Decided (the milter calls it once per accepted message,
+// milter.TestDecided); without a socketmap nothing is recorded.
+func TestSendmailDecided(t *testing.T) {
 	var none *sendmailSide
-	d := &fixedDecider{}
-	if got := none.policy(d); got != milter.Decider(d) {
-		t.Errorf("policy wrapped without a socketmap: %T", got)
+	if none.decided() != nil {
+		t.Error("Decided set without a socketmap")
+	}
+	cfg, err := config.Parse("vipmilter.conf", []byte("Binding \"A\" { Bind_Address = 192.0.2.10 }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sendmailSide{store: sendmail.NewStore(cfg, slog.New(slog.DiscardHandler))}
+	s.decided()("6AUCEO1c006420", "A")
+	if got, ok := s.store.Lookup("6AUCEO1c006420"); !ok || !strings.Contains(got, "A") {
+		t.Errorf("socketmap answer %q (%v), want binding A", got, ok)
 	}
 }

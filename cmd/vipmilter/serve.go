@@ -18,6 +18,7 @@ import (
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/milter"
+	"github.com/vipmilter/vipmilter/policyd"
 	"github.com/vipmilter/vipmilter/sieve"
 	"github.com/vipmilter/vipmilter/vip"
 )
@@ -56,7 +57,11 @@ func cmdServe(c *cli, args []string) error {
 		return err
 	}
 	defer sm.stop() // after the milter's shutdown: Sendmail asks right after end of message
-	srv := milter.New(sm.policy(pol), log)
+	st, err := milterSettings(log, cfg, sm)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	srv := milter.New(pol, st, log)
 	ln, err := serveListener(log, srv, cfg)
 	if err != nil {
 		return err
@@ -102,12 +107,7 @@ func cmdServe(c *cli, args []string) error {
 			return nil
 		},
 		reload: func() {
-			cfg = reload(log, *path, live, cfg, policySetterFunc(func(d milter.Decider) {
-				sm.policySetter(srv).SetPolicy(d)
-				if sp, ok := d.(*sieve.Policy); ok && pd != nil {
-					pd.SetPolicy(sp)
-				}
-			}))
+			cfg = reload(log, *path, live, cfg, srv, pd, sm)
 			sm.reload(cfg)
 		},
 	})
@@ -129,7 +129,7 @@ func servePolicy(log *slog.Logger, path string, live sieve.Liveness) (*config.Co
 
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv policySetter) *config.Config {
+func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server, pd *policyd.Server, sm *sendmailSide) *config.Config {
 	cfg, pol, err := servePolicy(log, path, live)
 	if err != nil {
 		logErrors(log, "reload failed; keeping the old policy", err)
@@ -139,9 +139,40 @@ func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Conf
 	if cfg.MilterListen != old.MilterListen || cfg.MetricsListen != old.MetricsListen {
 		log.Warn("Milter_Listen/Metrics_Listen changed; restart vipmilter to apply")
 	}
-	srv.SetPolicy(pol)
+	st, err := milterSettings(log, cfg, sm)
+	if err != nil {
+		log.Error("reload failed; keeping the old policy", "err", err)
+		return old
+	}
+	srv.SetPolicy(pol, st)
+	if pd != nil {
+		pd.SetPolicy(pol)
+	}
 	log.Info("policy reloaded", "config", cfg.File)
 	return cfg
+}
+
+// milterSettings are the milter's settings from the loaded binding file, its
+// header key and the Sendmail socketmap (which records each accepted
+// decision). A missing key file is logged, not fatal: headers are then
+// written without the key, which the Postfix side does not route on
+// ("vipmilter postfix" creates the key).
+func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (milter.Settings, error) {
+	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		log.Error("binding header key missing; binding headers are written without it and Postfix will not route on them (vipmilter postfix creates it)", "Binding_Header_Key", cfg.HeaderKeyFile)
+		key, err = "", nil
+	}
+	if err != nil {
+		return milter.Settings{}, err
+	}
+	return milter.Settings{
+		BindingHeader: cfg.BindingHeader,
+		HeaderKey:     key,
+		MaxBodyBytes:  cfg.MaxBodyBytes,
+		OnPolicyError: cfg.OnPolicyError,
+		Decided:       sm.decided(),
+	}, nil
 }
 
 func logWarnings(log *slog.Logger, cfg *config.Config) {

@@ -43,7 +43,6 @@ func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy)
 	return pd, nil
 }
 
-
 // stopPolicyService lets requests in flight finish (nil pd: nothing to do).
 func stopPolicyService(ctx context.Context, log *slog.Logger, pd *policyd.Server) {
 	if pd == nil {
