@@ -43,6 +43,8 @@ type edits struct {
 	obsolete []string          // table files to delete
 	services map[string]string // "name/type" -> new entry line
 	drop     map[string]bool   // "name/type" entries to delete
+	owned    map[string]bool   // every vipmilter entry now in master.cf
+	lines    []string          // every vipmilter entry of the plan
 	pset     []string          // postconf -P "service/type/name=value"
 	punset   []string          // postconf -PX "service/type/name"
 	mset     []string          // postconf -e "name=value"
@@ -67,7 +69,16 @@ func Apply(ctx context.Context, plan *Plan, st *State, ao ApplyOptions) (*Result
 	}
 	dir := st.Dir
 	var changes []change
-	e := &edits{services: map[string]string{}, drop: map[string]bool{}}
+	e := &edits{services: map[string]string{}, drop: map[string]bool{}, owned: map[string]bool{}}
+	for key, f := range st.Services {
+		if owns(plan.Prefix, key, f) {
+			e.owned[key] = true
+		}
+	}
+	for _, s := range plan.Services {
+		e.owned[s.Key()] = true // also an entry of that name the host had
+		e.lines = append(e.lines, s.Line)
+	}
 
 	for _, t := range plan.Tables {
 		old, err := os.ReadFile(t.Path)
@@ -263,15 +274,16 @@ func (e *edits) stage(ctx context.Context, dir, stage string) (string, error) {
 			}
 		}
 	}
-	if len(e.services) > 0 || len(e.drop) > 0 {
-		p := filepath.Join(stage, "master.cf")
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return "", err
-		}
-		if err := writeFile(p, []byte(editMaster(string(b), e.services, e.drop)), 0); err != nil {
-			return "", err
-		}
+	// vipmilter's own services leave master.cf while postconf edits the
+	// rest (postconf's time grows with the square of the services that
+	// carry -o overrides), then come back in one write.
+	p := filepath.Join(stage, "master.cf")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	if err := writeFile(p, []byte(editMaster(string(b), nil, e.owned)), 0); err != nil {
+		return "", err
 	}
 	for _, step := range []struct {
 		flag string
@@ -283,6 +295,20 @@ func (e *edits) stage(ctx context.Context, dir, stage string) (string, error) {
 		if _, err := postconf(ctx, stage, append([]string{step.flag}, step.args...)...); err != nil {
 			return "", err
 		}
+	}
+	if b, err = os.ReadFile(p); err != nil {
+		return "", err
+	}
+	var add strings.Builder
+	add.Write(b)
+	if add.Len() > 0 && !strings.HasSuffix(add.String(), "\n") {
+		add.WriteString("\n")
+	}
+	for _, line := range e.lines {
+		add.WriteString(line + "\n")
+	}
+	if err := writeFile(p, []byte(add.String()), 0); err != nil {
+		return "", err
 	}
 	return postfixCheck(ctx, stage)
 }

@@ -317,3 +317,33 @@ func TestRender(t *testing.T) {
 		})
 	}
 }
+
+func TestParseMaster(t *testing.T) {
+	text := `# comment
+smtp      inet  n       -       y       -       -       smtpd
+  -o smtpd_milters=inet:127.0.0.1:8891
+#  -o commented=out
+  -o { smtpd_client_restrictions = permit_mynetworks, reject }
+pickup    unix  n       -       y       60      1       pickup -o cleanup_service_name=vip_cleanup
+127.0.0.1:10025 inet n - n - - smtpd -o content_filter= -o receive_override_options=no_milters
+broken line
+`
+	services, params := parseMaster(text)
+	for _, tt := range []struct{ key, want string }{
+		{"smtp/inet/smtpd_milters", "inet:127.0.0.1:8891"},
+		{"smtp/inet/smtpd_client_restrictions", "permit_mynetworks, reject"},
+		{"pickup/unix/cleanup_service_name", "vip_cleanup"},
+		{"127.0.0.1:10025/inet/content_filter", ""},
+		{"127.0.0.1:10025/inet/receive_override_options", "no_milters"},
+	} {
+		if got, ok := params[tt.key]; !ok || got != tt.want {
+			t.Errorf("%s = %q (%v), want %q", tt.key, got, ok, tt.want)
+		}
+	}
+	if _, ok := params["smtp/inet/commented"]; ok {
+		t.Error("a comment line was read as an override")
+	}
+	if len(services) != 3 || services["pickup/unix"][7] != "pickup" || services["smtp/inet"][4] != "y" {
+		t.Errorf("services = %q", services)
+	}
+}
