@@ -22,21 +22,7 @@ import (
 // expect waits for cases at the sink and fails on every problem Check finds.
 func (h *realHost) expect(t *testing.T, ctx context.Context, cases ...Case) []Outcome {
 	t.Helper()
-	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	if err := h.WaitArrived(wctx, cases); err != nil {
-		t.Error(err)
-	}
-	outs, err := Check(h.SinkDir, "X-Binding", cases)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range outs {
-		if len(o.Problems) > 0 {
-			t.Errorf("%s (binding %s): %s", o.Case.Name, o.Case.Binding, strings.Join(o.Problems, "; "))
-		}
-	}
-	return outs
+	return checkArrived(t, ctx, h.System, cases)
 }
 
 // received returns the sink's message with subject.

@@ -70,25 +70,25 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 		return nil, err
 	}
 	parseParams(out, st.Main)
-	if out, err = postconf(ctx, light, "-xh", "queue_directory", "content_filter"); err != nil {
+	// One call for the effective values, one for the defaults.
+	local := []string{"mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains"}
+	if out, err = postconf(ctx, light, append([]string{"-xh", "queue_directory", "content_filter"}, local...)...); err != nil {
 		return nil, err
 	}
-	if v := strings.Split(out, "\n"); len(v) >= 2 {
-		st.QueueDir, st.ContentFilter = strings.TrimSpace(v[0]), strings.TrimSpace(v[1])
+	cur := strings.Split(out, "\n")
+	if out, err = postconf(ctx, light, append([]string{"-dxh"}, local...)...); err != nil {
+		return nil, err
 	}
-	for _, name := range []string{"mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains"} {
+	def := strings.Split(out, "\n")
+	if len(cur) < 2+len(local) || len(def) < len(local) {
+		return nil, fmt.Errorf("postconf -c %s: unexpected output %q", dir, out)
+	}
+	st.QueueDir, st.ContentFilter = strings.TrimSpace(cur[0]), strings.TrimSpace(cur[1])
+	for i, name := range local {
 		if _, set := st.Main[name]; !set {
 			continue
 		}
-		cur, err := postconf(ctx, light, "-xh", name)
-		if err != nil {
-			return nil, err
-		}
-		def, err := postconf(ctx, light, "-dxh", name)
-		if err != nil {
-			return nil, err
-		}
-		if v := strings.TrimSpace(cur); v != "" && v != strings.TrimSpace(def) {
+		if v := strings.TrimSpace(cur[2+i]); v != "" && v != strings.TrimSpace(def[i]) {
 			st.LocalDomains = append(st.LocalDomains, name+" = "+v)
 		}
 	}
