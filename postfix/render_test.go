@@ -66,11 +66,11 @@ func TestRender(t *testing.T) {
 		{
 			name: "ipv6 only binding never uses ipv4, metachars escaped",
 			cfg: func() *config.Config {
-				return testConfig(binding("a.b+c", "2001:db8::10"))
+				return testConfig(binding("a.b_c", "2001:db8::10"))
 			},
 			want: []string{
 				"-o smtp_bind_address6=2001:db8::10 -o smtp_bind_address_enforce=yes -o inet_protocols=ipv6",
-				`/^X-Binding: a\.b\+c KEY$/i FILTER vip_a.b+c:`,
+				`/^X-Binding: a\.b_c KEY$/i FILTER vip_a.b_c:`,
 			},
 			notWant: []string{"smtp_bind_address=", "ipv4"},
 		},
@@ -176,19 +176,16 @@ func TestRender(t *testing.T) {
 			err:  "differ in chroot",
 		},
 		{
-			name: "binding without address refused",
-			cfg:  func() *config.Config { return testConfig(binding("none")) },
-			err:  `binding "none": no Bind_Address`,
-		},
-		{
-			name: "binding named like the pickup cleanup refused",
-			cfg:  func() *config.Config { return testConfig(binding("cleanup", "192.0.2.11")) },
-			err:  "collides with vipmilter's cleanup",
-		},
-		{
-			name: "binding named like the re-injection cleanup refused",
-			cfg:  func() *config.Config { return testConfig(binding("filtered", "192.0.2.11")) },
-			err:  "collides with vipmilter's cleanup",
+			name: "a default binding without an address is Postfix's ordinary delivery",
+			cfg: func() *config.Config {
+				c, err := config.Parse("/etc/vipmilter/vipmilter.conf", []byte("Binding \"default\" {\n  EHLO_Hostname = out.example\n  Match_Domain = d.example\n}\nBinding \"a\" { Bind_Address = 192.0.2.11 }\n"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return c
+			},
+			want:    []string{"/^X-Binding: default KEY$/i FILTER smtp:", "@d.example smtp:", "param smtp/unix/smtp_helo_name = out.example"},
+			notWant: []string{"vip_default", "smtp/unix/smtp_bind_address"},
 		},
 		{
 			name: "relative config directory refused",

@@ -4,27 +4,30 @@ import (
 	"context"
 	"fmt"
 	"net/textproto"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/vipmilter/vipmilter/config"
 )
 
 // benchPolicy builds n bindings b0..b(n-1), n rules alternating header and
 // envelope-domain tests, and `domains` Match_Domain entries on the bindings.
 func benchPolicy(b *testing.B, rules, domains int) *Policy {
-	cfg := &config.Config{OnPolicyError: config.PolicyErrorDefault}
-	cfg.Bindings = append(cfg.Bindings, &config.Binding{Name: "default", Weight: 1})
-	nb := max(rules, 1)
-	for i := range nb {
-		cfg.Bindings = append(cfg.Bindings, &config.Binding{Name: fmt.Sprintf("b%d", i), Weight: 1})
-	}
+	var f strings.Builder
+	f.WriteString("On_Policy_Error = default\n" + `Binding "default" { Bind_Address = 10.0.0.1 }` + "\n")
+	// At most 100 domains a binding: config checks a binding's list for
+	// repeats pairwise, and setting up 100k on one binding takes minutes.
+	nb := max(rules, 1, domains/100)
+	match := make([][]string, nb)
 	for i := range domains {
-		bd := cfg.Bindings[1+i%nb]
-		bd.MatchDomains = append(bd.MatchDomains, fmt.Sprintf("d%d.example", i))
+		match[i%nb] = append(match[i%nb], fmt.Sprintf("d%d.example", i))
 	}
+	for i := range nb {
+		fmt.Fprintf(&f, "Binding \"b%d\" {\n  Bind_Address = 10.%d.%d.%d\n", i, 1+i/65536, i/256%256, i%256)
+		for _, d := range match[i] {
+			fmt.Fprintf(&f, "  Match_Domain = %s\n", d)
+		}
+		f.WriteString("}\n")
+	}
+	script := ""
 	if rules > 0 {
 		var s strings.Builder
 		s.WriteString(`require ["envelope", "variables"];` + "\n")
@@ -35,14 +38,9 @@ func benchPolicy(b *testing.B, rules, domains int) *Policy {
 				fmt.Fprintf(&s, "if envelope :domain :is \"from\" \"s%d.example\" { set \"binding\" \"b%d\"; }\n", i, i)
 			}
 		}
-		p := filepath.Join(b.TempDir(), "policy.sieve")
-		if err := os.WriteFile(p, []byte(s.String()), 0o644); err != nil {
-			b.Fatal(err)
-		}
-		cfg.SieveScript = p
+		script = s.String()
 	}
-	cfg.Index()
-	pol, err := New(cfg, Options{})
+	pol, err := New(loadConfig(b, f.String(), script), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,14 +1,19 @@
 package vip
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -114,4 +119,61 @@ func newProv(t *testing.T, n *testNS, dir string, log *slog.Logger) *Provisioner
 	}
 	t.Cleanup(p.Close)
 	return p
+}
+
+// eventually polls cond until it holds or a generous deadline passes. The
+// deadline only bounds a hung test; it is not a performance assertion.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer the watcher's goroutine and the test can
+// share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// canBind reports whether a TCP socket inside the namespace can bind a:
+// the kernel's own answer that presence and provisioning must agree with.
+func (n *testNS) canBind(t *testing.T, a netip.Addr) bool {
+	t.Helper()
+	ok := false
+	n.in(t, func() {
+		l, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+		if err == nil {
+			l.Close()
+			ok = true
+		}
+	})
+	return ok
+}
+
+// sysctl sets a sysctl inside the namespace, e.g.
+// "net/ipv6/ip_nonlocal_bind", "1".
+func (n *testNS) sysctl(t *testing.T, key, value string) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", n.name, "sh", "-c", "echo "+value+" > /proc/sys/"+key).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sysctl %s=%s: %v\n%s", key, value, err, out)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sendmail"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
@@ -26,6 +27,10 @@ address is on the host and which route mail to --probe would take from it
 route lookup, nothing is sent). A binding whose address has no route, or
 whose route leaves by another interface than its Interface, is reported.
 
+When Sendmail_Socketmap is set, it also prints, one "sendmail:" line each,
+what the file asks for that Sendmail cannot honour exactly (EHLO names,
+per-destination limits, dual-stack bindings, Relay).
+
 Run it after every edit, before reloading the milter.`
 
 func cmdCheck(c *cli, args []string) error {
@@ -36,9 +41,6 @@ func cmdCheck(c *cli, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return &exitError{code: 2, err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
 	cfg, pol, err := loadPolicy(*path)
 	if err != nil {
 		printErrors(c.stderr, err)
@@ -46,6 +48,11 @@ func cmdCheck(c *cli, args []string) error {
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(c.stdout, "warning: %v\n", w)
+	}
+	if !cfg.SendmailSocketmap.IsZero() {
+		for _, l := range sendmail.Limitations(cfg) {
+			fmt.Fprintf(c.stdout, "sendmail: %s\n", l)
+		}
 	}
 	summarize(c.stdout, cfg, pol)
 	if *routes {
@@ -58,7 +65,7 @@ func cmdCheck(c *cli, args []string) error {
 
 // loadPolicy loads the binding file and compiles its script.
 func loadPolicy(path string) (*config.Config, *sieve.Policy, error) {
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,14 +78,22 @@ func loadPolicy(path string) (*config.Config, *sieve.Policy, error) {
 
 // printErrors prints one error a line, unfolding a config.ErrorList.
 func printErrors(w io.Writer, err error) {
+	for _, e := range unfold(err) {
+		fmt.Fprintf(w, "error: %v\n", e)
+	}
+}
+
+// unfold returns the errors of a config.ErrorList, else err alone.
+func unfold(err error) []error {
 	var list config.ErrorList
 	if errors.As(err, &list) {
-		for _, e := range list {
-			fmt.Fprintf(w, "error: %v\n", e)
+		out := make([]error, len(list))
+		for i, e := range list {
+			out[i] = e
 		}
-		return
+		return out
 	}
-	fmt.Fprintf(w, "error: %v\n", err)
+	return []error{err}
 }
 
 func summarize(w io.Writer, cfg *config.Config, pol *sieve.Policy) {

@@ -51,7 +51,7 @@ func cmdPostfix(c *cli, args []string) error {
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return &exitError{1, err}
 	}
