@@ -174,3 +174,21 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// TestParseMainAsPostconf: main.cf read without postconf gives what
+// "postconf -n" gives.
+func TestParseMainAsPostconf(t *testing.T) {
+	needPostfix(t)
+	dir := privateDir(t, "# a comment\nheader_checks = regexp:/a,\n    regexp:/b\n\tpcre:/c\nmydestination =\nmyhostname = first\nmyhostname = last.example\nsmtpd_milters = { inet:127.0.0.1:8891, default_action=accept }, inet:x:1\n")
+	want := map[string]string{}
+	parseParams(postconfN(t, dir), want)
+	delete(want, "config_directory") // postconf -c adds it
+	b, err := os.ReadFile(filepath.Join(dir, "main.cf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := parseMain(string(b))
+	if !equalMaps(got, want) {
+		t.Fatalf("parseMain:\n%q\npostconf -n:\n%q", got, want)
+	}
+}

@@ -47,29 +47,25 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 	// with the square of the number of services carrying -o overrides
 	// (3,000 binding transports: about 6 s of CPU per call).
 	st.Services, st.ServiceParams = parseMaster(string(b))
-	// For main.cf, postconf runs on a copy beside master.cf's services
-	// without their overrides (it needs the names: per-transport parameters
-	// such as vip_x_destination_concurrency_limit), for the same reason.
+	mainText, err := os.ReadFile(filepath.Join(dir, "main.cf"))
+	if err != nil {
+		return nil, fmt.Errorf("main.cf: %w", err)
+	}
+	st.Main = parseMain(string(mainText))
+	// Expanded values come from postconf run on a copy of main.cf beside an
+	// empty master.cf, for the same reason.
 	light, err := os.MkdirTemp("", "vipmilter-postconf-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(light)
-	if err := copyFile(filepath.Join(dir, "main.cf"), filepath.Join(light, "main.cf")); err != nil {
+	if err := os.WriteFile(filepath.Join(light, "main.cf"), mainText, 0o644); err != nil {
 		return nil, err
 	}
-	var bare strings.Builder
-	for _, f := range st.Services {
-		bare.WriteString(strings.Join(f[:8], " ") + "\n")
-	}
-	if err := os.WriteFile(filepath.Join(light, "master.cf"), []byte(bare.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(light, "master.cf"), nil, 0o644); err != nil {
 		return nil, err
 	}
-	out, err := postconf(ctx, light, "-n")
-	if err != nil {
-		return nil, err
-	}
-	parseParams(out, st.Main)
+	var out string
 	// One call for the effective values, one for the defaults.
 	local := []string{"mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains"}
 	if out, err = postconf(ctx, light, append([]string{"-xh", "queue_directory", "content_filter"}, local...)...); err != nil {
@@ -205,4 +201,41 @@ func splitMasterArgs(line string) []string {
 		f = append(f, cur.String())
 	}
 	return f
+}
+
+// parseMain reads main.cf as postconf -n shows it: "name = value" logical
+// lines (a line starting with whitespace continues the previous one, joined
+// with one space), "#" lines are comments, the last setting of a name wins.
+func parseMain(text string) map[string]string {
+	m := map[string]string{}
+	var name string
+	var val strings.Builder
+	flush := func() {
+		if name != "" {
+			m[name] = strings.TrimSpace(val.String())
+		}
+		name = ""
+		val.Reset()
+	}
+	for _, l := range strings.Split(text, "\n") {
+		t := strings.TrimSpace(l)
+		switch {
+		case t == "" || strings.HasPrefix(t, "#"):
+			continue
+		case l[0] == ' ' || l[0] == '\t':
+			if name != "" {
+				val.WriteString(" " + t)
+			}
+		default:
+			flush()
+			k, v, ok := strings.Cut(t, "=")
+			if !ok {
+				continue
+			}
+			name = strings.TrimSpace(k)
+			val.WriteString(strings.TrimSpace(v))
+		}
+	}
+	flush()
+	return m
 }
