@@ -124,36 +124,13 @@ func (st *State) Options() Options {
 	return o
 }
 
-// parseMaster reads master.cf as master(5) does: a logical line is a line
-// that starts with non-blank text plus the lines after it that start with
-// whitespace; "#" lines are comments. It returns each service's fields as
+// parseMaster reads master.cf as master(5) does (logicalLines). It returns each service's fields as
 // "postconf -M" shows them ("name/type" -> name, type, 6 columns, command,
 // arguments) and each "-o name=value" as "postconf -P" does
 // ("name/type/name" -> value). "-o { name = value }" is understood.
 func parseMaster(text string) (map[string][]string, map[string]string) {
 	services, params := map[string][]string{}, map[string]string{}
-	var logical []string
-	var cur strings.Builder
-	flush := func() {
-		if s := strings.TrimSpace(cur.String()); s != "" {
-			logical = append(logical, s)
-		}
-		cur.Reset()
-	}
-	for _, l := range strings.Split(text, "\n") {
-		t := strings.TrimSpace(l)
-		switch {
-		case t == "" || strings.HasPrefix(t, "#"):
-			continue
-		case l[0] == ' ' || l[0] == '\t':
-			cur.WriteString(" " + t)
-		default:
-			flush()
-			cur.WriteString(t)
-		}
-	}
-	flush()
-	for _, line := range logical {
+	for _, line := range logicalLines(text) {
 		f := splitMasterArgs(line)
 		if len(f) < 8 {
 			continue
@@ -204,18 +181,28 @@ func splitMasterArgs(line string) []string {
 }
 
 // parseMain reads main.cf as postconf -n shows it: "name = value" logical
-// lines (a line starting with whitespace continues the previous one, joined
-// with one space), "#" lines are comments, the last setting of a name wins.
+// lines, the last setting of a name wins.
 func parseMain(text string) map[string]string {
 	m := map[string]string{}
-	var name string
-	var val strings.Builder
-	flush := func() {
-		if name != "" {
-			m[name] = strings.TrimSpace(val.String())
+	for _, l := range logicalLines(text) {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
-		name = ""
-		val.Reset()
+	}
+	return m
+}
+
+// logicalLines splits main.cf or master.cf text as Postfix reads it: a line
+// that starts with whitespace continues the one before (joined with one
+// space), and blank and "#" lines are skipped.
+func logicalLines(text string) []string {
+	var logical []string
+	var cur strings.Builder
+	flush := func() {
+		if s := strings.TrimSpace(cur.String()); s != "" {
+			logical = append(logical, s)
+		}
+		cur.Reset()
 	}
 	for _, l := range strings.Split(text, "\n") {
 		t := strings.TrimSpace(l)
@@ -223,19 +210,12 @@ func parseMain(text string) map[string]string {
 		case t == "" || strings.HasPrefix(t, "#"):
 			continue
 		case l[0] == ' ' || l[0] == '\t':
-			if name != "" {
-				val.WriteString(" " + t)
-			}
+			cur.WriteString(" " + t)
 		default:
 			flush()
-			k, v, ok := strings.Cut(t, "=")
-			if !ok {
-				continue
-			}
-			name = strings.TrimSpace(k)
-			val.WriteString(strings.TrimSpace(v))
+			cur.WriteString(t)
 		}
 	}
 	flush()
-	return m
+	return logical
 }
