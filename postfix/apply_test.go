@@ -13,7 +13,7 @@ import (
 func snapshot(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	s := map[string]string{}
-	for _, f := range []string{"main.cf", "master.cf", HeaderChecksFile, RequeueChecksFile, EgressChecksFile, SenderTransportFile, SenderTransportFile + ".db"} {
+	for _, f := range []string{"main.cf", "master.cf", HeaderChecksFile, RequeueChecksFile, StripChecksFile, SenderTransportFile, SenderTransportFile + ".db"} {
 		b, err := os.ReadFile(filepath.Join(dir, f))
 		if err == nil {
 			s[f] = string(b)
@@ -71,17 +71,23 @@ func TestApplyRoutesAndRemoval(t *testing.T) {
 	hc := "regexp:" + filepath.Join(dir, HeaderChecksFile)
 	st := "hash:" + filepath.Join(dir, SenderTransportFile)
 	for _, tt := range []struct{ table, key, want string }{
-		{hc, "X-Binding: A.b", "FILTER vip_A.b:"},
-		{hc, "X-Binding: AxB", ""},       // '.' is literal
-		{hc, "X-Binding: a.b", ""},       // names are case-sensitive
-		{hc, "X-Binding: A.b extra", ""}, // anchored
-		{hc, "X-Binding: held", "FILTER vip_held:"},
-		{"regexp:" + filepath.Join(dir, RequeueChecksFile), "X-Binding: c", "FILTER vip_c:"},
-		{"regexp:" + filepath.Join(dir, EgressChecksFile), "X-Binding: c", "IGNORE"},
+		{hc, "X-Binding: A.b " + testKey, "FILTER vip_A.b:"},
+		{hc, "X-Binding: A.b", "IGNORE"},                                  // no key: a client's copy
+		{hc, "X-Binding: A.b 0123456789abcdef0123456789abcdee", "IGNORE"}, // wrong key
+		{hc, "X-Binding: AxB " + testKey, "HOLD"},                         // '.' is literal; unknown names wait
+		{hc, "X-Binding: a.b " + testKey, "HOLD"},                         // names are case-sensitive
+		{hc, "X-Binding: A.b extra " + testKey, "IGNORE"},                 // anchored
+		{hc, "X-Binding: held " + testKey, "FILTER vip_held:"},
+		{hc, "x-binding: c " + testKey, "IGNORE"}, // the milter writes the name as configured
+		{"regexp:" + filepath.Join(dir, RequeueChecksFile), "X-Binding: c " + testKey, "DUNNO"},
+		{"regexp:" + filepath.Join(dir, RequeueChecksFile), "X-Binding: c", "IGNORE"},
+		{"regexp:" + filepath.Join(dir, StripChecksFile), "X-Binding: c " + testKey, "IGNORE"},
+		{"regexp:" + filepath.Join(dir, StripChecksFile), "x-BINDING: c", "IGNORE"},
 		{st, "@example.com", "vip_A.b:"},
 		{st, "@other.com", ""},
 	} {
-		if got := q(tt.table, tt.key); got != tt.want {
+		// HOLD carries a text after the action: compare the start.
+		if got := q(tt.table, tt.key); (tt.want == "") != (got == "") || !strings.HasPrefix(got, tt.want) {
 			t.Errorf("postmap -q %q %s = %q, want %q", tt.key, tt.table, got, tt.want)
 		}
 	}
@@ -104,7 +110,7 @@ func TestApplyRoutesAndRemoval(t *testing.T) {
 	if strings.Contains(n, "vip_c_") || !strings.Contains(n, "vip_held_destination_concurrency_limit = 32") {
 		t.Fatalf("main.cf after removal:\n%s", n)
 	}
-	if got := q(hc, "X-Binding: c"); got != "" {
+	if got := q(hc, "X-Binding: c "+testKey); !strings.HasPrefix(got, "HOLD") {
 		t.Fatalf("rule for removed binding still there: %q", got)
 	}
 
@@ -167,4 +173,22 @@ func equalMaps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestParseMainAsPostconf: main.cf read without postconf gives what
+// "postconf -n" gives.
+func TestParseMainAsPostconf(t *testing.T) {
+	needPostfix(t)
+	dir := privateDir(t, "# a comment\nheader_checks = regexp:/a,\n    regexp:/b\n\tpcre:/c\nmydestination =\nmyhostname = first\nmyhostname = last.example\nsmtpd_milters = { inet:127.0.0.1:8891, default_action=accept }, inet:x:1\n")
+	want := map[string]string{}
+	parseParams(postconfN(t, dir), want)
+	delete(want, "config_directory") // postconf -c adds it
+	b, err := os.ReadFile(filepath.Join(dir, "main.cf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := parseMain(string(b))
+	if !equalMaps(got, want) {
+		t.Fatalf("parseMain:\n%q\npostconf -n:\n%q", got, want)
+	}
 }

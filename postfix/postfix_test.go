@@ -119,7 +119,9 @@ func apply(t *testing.T, dir string, cfg *config.Config, dry bool) (*Result, str
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := Render(cfg, st.Options())
+	opts := st.Options()
+	opts.Key = testKey
+	plan, err := Render(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

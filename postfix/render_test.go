@@ -7,8 +7,10 @@ import (
 	"github.com/vipmilter/vipmilter/config"
 )
 
+const testKey = "0123456789abcdef0123456789abcdef"
+
 func TestRender(t *testing.T) {
-	opts := Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", SMTPChroot: "y", CleanupChroot: "y"}
+	opts := Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", SMTPChroot: "y", CleanupChroot: "y", Key: testKey}
 	tests := []struct {
 		name    string
 		cfg     func() *config.Config
@@ -27,28 +29,30 @@ func TestRender(t *testing.T) {
 				return testConfig(b)
 			},
 			want: []string{
-				"service vip_news unix - - y - 50 smtp -o syslog_name=postfix/vip_news -o smtp_bind_address=192.0.2.20 -o smtp_bind_address_enforce=yes -o inet_protocols=ipv4 -o smtp_helo_name=news.example.org -o smtp_header_checks=regexp:/etc/postfix/vipmilter_egress_checks",
+				"service vip_news unix - - y - 50 smtp -o syslog_name=postfix/vip_news -o smtp_bind_address=192.0.2.20 -o smtp_bind_address_enforce=yes -o inet_protocols=ipv4 -o smtp_helo_name=news.example.org -o smtp_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o smtp_mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o smtp_nested_header_checks=regexp:/etc/postfix/vipmilter_strip_checks",
 				"main vip_news_destination_concurrency_limit = 8",
-				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: news$/i FILTER vip_news:",
-				"table /etc/postfix/vipmilter_requeue_checks: /^X-Binding: news$/i FILTER vip_news:",
-				"table /etc/postfix/vipmilter_egress_checks: /^X-Binding:/ IGNORE",
-				"main milter_default_action = accept",
-				"main milter_protocol = 6",
-				"main smtpd_milters = inet:127.0.0.1:8894",
-				"main non_smtpd_milters = inet:127.0.0.1:8894",
+				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: news KEY$/i FILTER vip_news:",
+				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: (\\S+) KEY$/i HOLD vipmilter: binding $1 is unknown to Postfix",
+				"table /etc/postfix/vipmilter_header_checks: /^X-Binding:/ IGNORE",
+				"table /etc/postfix/vipmilter_strip_checks: /^X-Binding:/ IGNORE",
+				"main smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }",
+				"main non_smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }",
+				"main milter_header_checks = regexp:/etc/postfix/vipmilter_header_checks",
+				"main header_checks = regexp:/etc/postfix/vipmilter_strip_checks",
+				"main sender_dependent_default_transport_maps = hash:/etc/postfix/vipmilter_sender_transport",
 				"param pickup/unix/cleanup_service_name = vip_cleanup",
-				"service vip_cleanup unix n - y - 0 cleanup -o syslog_name=postfix/vip_cleanup -o header_checks=regexp:/etc/postfix/vipmilter_requeue_checks",
-				"param smtp/unix/smtp_header_checks = regexp:/etc/postfix/vipmilter_egress_checks",
+				"service vip_cleanup unix n - y - 0 cleanup -o syslog_name=postfix/vip_cleanup -o header_checks=regexp:/etc/postfix/vipmilter_header_checks -o mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o nested_header_checks=regexp:/etc/postfix/vipmilter_strip_checks",
+				"param smtp/unix/smtp_header_checks = regexp:/etc/postfix/vipmilter_strip_checks",
+				"param smtp/unix/smtp_nested_header_checks = regexp:/etc/postfix/vipmilter_strip_checks",
 			},
-			notWant: []string{"param smtp/unix/smtp_bind_address"},
+			notWant: []string{"param smtp/unix/smtp_bind_address", "milter_protocol", "milter_default_action", "vip_filtered"},
 		},
 		{
 			name: "no default binding: the milter's default header still ends forged FILTERs",
 			cfg: func() *config.Config {
 				return testConfig(binding("news", "192.0.2.20"))
 			},
-			want:    []string{"table /etc/postfix/vipmilter_header_checks: /^X-Binding: default$/i FILTER smtp:"},
-			notWant: []string{"vipmilter_requeue_checks: /^X-Binding: default$/"},
+			want: []string{"table /etc/postfix/vipmilter_header_checks: /^X-Binding: default KEY$/i FILTER smtp:"},
 		},
 		{
 			name: "no default binding on a host that delivers locally: no default rule",
@@ -56,7 +60,8 @@ func TestRender(t *testing.T) {
 				return testConfig(binding("news", "192.0.2.20"))
 			},
 			opts:    Options{ConfigDir: "/etc/postfix", LocalDelivery: true},
-			notWant: []string{"X-Binding: default$/i FILTER smtp:"},
+			want:    []string{"/^X-Binding: default KEY$/i DUNNO"},
+			notWant: []string{"FILTER smtp:"},
 		},
 		{
 			name: "ipv6 only binding never uses ipv4, metachars escaped",
@@ -65,7 +70,7 @@ func TestRender(t *testing.T) {
 			},
 			want: []string{
 				"-o smtp_bind_address6=2001:db8::10 -o smtp_bind_address_enforce=yes -o inet_protocols=ipv6",
-				`/^X-Binding: a\.b_c$/i FILTER vip_a.b_c:`,
+				`/^X-Binding: a\.b_c KEY$/i FILTER vip_a.b_c:`,
 			},
 			notWant: []string{"smtp_bind_address=", "ipv4"},
 		},
@@ -99,7 +104,7 @@ func TestRender(t *testing.T) {
 			cfg: func() *config.Config {
 				b := binding("smart", "192.0.2.6")
 				b.Relay = "[smarthost.example]:587"
-				b.MatchDomains = []string{"Example.COM"}
+				b.MatchDomains = []string{"example.com"} // config.Load canonicalises (config.Domain)
 				return testConfig(b)
 			},
 			want: []string{"FILTER vip_smart:[smarthost.example]:587", "@example.com vip_smart:[smarthost.example]:587"},
@@ -120,7 +125,7 @@ func TestRender(t *testing.T) {
 				c.OnMilterDown, c.TransportPrefix, c.BindingHeader = config.MilterDownTempfail, "out-", "X-Out"
 				return c
 			},
-			want: []string{"main milter_default_action = tempfail", "/^X-Out: x$/i FILTER out-x:", "service out-x unix", "/^X-Out:/ IGNORE", "cleanup_service_name = out-cleanup"},
+			want: []string{"main smtpd_milters = { inet:127.0.0.1:8894, default_action=tempfail }", "/^X-Out: x KEY$/i FILTER out-x:", "service out-x unix", "/^X-Out:/ IGNORE", "cleanup_service_name = out-cleanup"},
 		},
 		{
 			name: "EHLO __message__ with one Match_Domain",
@@ -139,7 +144,7 @@ func TestRender(t *testing.T) {
 				return c
 			},
 			opts: Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", MilterChrooted: true},
-			want: []string{"main smtpd_milters = unix:/vipmilter/milter.sock"},
+			want: []string{"main smtpd_milters = { unix:/vipmilter/milter.sock, default_action=accept }"},
 		},
 		{
 			name: "unix socket outside the chroot is refused",
@@ -158,7 +163,7 @@ func TestRender(t *testing.T) {
 				c.MilterListen = config.MustParseListen("unix:/run/vipmilter/milter.sock")
 				return c
 			},
-			want: []string{"main non_smtpd_milters = unix:/run/vipmilter/milter.sock"},
+			want: []string{"main non_smtpd_milters = { unix:/run/vipmilter/milter.sock, default_action=accept }"},
 		},
 		{
 			name: "mixed chroot refused",
@@ -170,12 +175,119 @@ func TestRender(t *testing.T) {
 			opts: Options{ConfigDir: "/etc/postfix", QueueDir: "/var/spool/postfix", MilterChrootMixed: true},
 			err:  "differ in chroot",
 		},
+		{
+			name: "a default binding without an address is Postfix's ordinary delivery",
+			cfg: func() *config.Config {
+				c, err := config.Parse("/etc/vipmilter/vipmilter.conf", []byte("Binding \"default\" {\n  EHLO_Hostname = out.example\n  Match_Domain = d.example\n}\nBinding \"a\" { Bind_Address = 192.0.2.11 }\n"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return c
+			},
+			want:    []string{"/^X-Binding: default KEY$/i FILTER smtp:", "@d.example smtp:", "param smtp/unix/smtp_helo_name = out.example"},
+			notWant: []string{"vip_default", "smtp/unix/smtp_bind_address"},
+		},
+		{
+			name: "relative config directory refused",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "pf"},
+			err:  "not an absolute path",
+		},
+		{
+			name: "the host's milters, checks and sender maps are kept, vipmilter's milter goes last, once",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", PrevMilter: "{ inet:127.0.0.1:7000, default_action=accept }", Main: map[string]string{
+				"smtpd_milters":                           "inet:127.0.0.1:8891, { inet:127.0.0.1:7000, default_action=accept }",
+				"non_smtpd_milters":                       "$smtpd_milters",
+				"header_checks":                           "regexp:/etc/postfix/vipmilter_strip_checks, pcre:/etc/postfix/hc",
+				"smtp_header_checks":                      "regexp:/etc/postfix/secret",
+				"smtp_mime_header_checks":                 "pcre:/etc/postfix/mime",
+				"milter_header_checks":                    "regexp:/etc/postfix/mhc",
+				"sender_dependent_default_transport_maps": "hash:/etc/postfix/sdt",
+			}},
+			want: []string{
+				"main smtpd_milters = inet:127.0.0.1:8891, { inet:127.0.0.1:8894, default_action=accept }",
+				"main non_smtpd_milters = $smtpd_milters, { inet:127.0.0.1:8894, default_action=accept }",
+				"main header_checks = regexp:/etc/postfix/vipmilter_strip_checks, pcre:/etc/postfix/hc",
+				"main milter_header_checks = regexp:/etc/postfix/vipmilter_header_checks, regexp:/etc/postfix/mhc",
+				"main sender_dependent_default_transport_maps = hash:/etc/postfix/vipmilter_sender_transport, hash:/etc/postfix/sdt",
+				"-o smtp_header_checks=regexp:/etc/postfix/vipmilter_strip_checks,regexp:/etc/postfix/secret -o smtp_mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks,pcre:/etc/postfix/mime",
+				"param smtp/unix/smtp_header_checks = regexp:/etc/postfix/vipmilter_strip_checks,regexp:/etc/postfix/secret",
+				"-o header_checks=regexp:/etc/postfix/vipmilter_header_checks,pcre:/etc/postfix/hc -o mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks,pcre:/etc/postfix/hc",
+			},
+			notWant: []string{"7000"},
+		},
+		{
+			name: "a host value that cannot go into master.cf is refused, naming it",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", Main: map[string]string{"smtp_header_checks": "inline:{ { /^X-A:/ IGNORE } }"}},
+			err:  "main.cf smtp_header_checks contains",
+		},
+		{
+			name: "mime_header_checks = $header_checks is resolved, never left to expand to the routing table",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", Main: map[string]string{"header_checks": "pcre:/h", "mime_header_checks": "$header_checks, pcre:/m"}},
+			want: []string{"-o mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks,pcre:/h,pcre:/m"},
+		},
+		{
+			name: "content filter: routing moves to the re-injection smtpd",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", ContentFilter: "smtp-amavis:[127.0.0.1]:10024",
+				Main:     map[string]string{"content_filter": "smtp-amavis:[127.0.0.1]:10024"},
+				Services: map[string][]string{"127.0.0.1:10025/inet": strings.Fields("127.0.0.1:10025 inet n - n - - smtpd"), "pickup/unix": strings.Fields("pickup unix n - n 60 1 pickup")},
+				ServiceParams: map[string]string{"127.0.0.1:10025/inet/content_filter": "",
+					"127.0.0.1:10025/inet/receive_override_options": "no_unknown_recipient_checks,no_header_body_checks,no_milters"}},
+			want: []string{
+				"unset milter_header_checks",
+				"param 127.0.0.1:10025/inet/cleanup_service_name = vip_filtered",
+				"param 127.0.0.1:10025/inet/receive_override_options = no_unknown_recipient_checks,no_milters",
+				"service vip_filtered unix n - - - 0 cleanup -o syslog_name=postfix/vip_filtered -o header_checks=regexp:/etc/postfix/vipmilter_header_checks -o mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o nested_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o body_checks=",
+				"-o header_checks=regexp:/etc/postfix/vipmilter_requeue_checks",
+				"table /etc/postfix/vipmilter_requeue_checks: /^X-Binding: \\S+ KEY$/i DUNNO",
+			},
+			notWant: []string{"main milter_header_checks"},
+		},
+		{
+			name: "content filter without a re-injection smtpd refused",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", ContentFilter: "smtp-amavis:[127.0.0.1]:10024"},
+			err:  "no re-injection smtpd",
+		},
+		{
+			name: "a per-service content filter refused",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix",
+				Services:      map[string][]string{"smtp/inet": strings.Fields("smtp inet n - n - - smtpd")},
+				ServiceParams: map[string]string{"smtp/inet/content_filter": "filter:dummy"}},
+			err: "master.cf smtp/inet sets content_filter=filter:dummy",
+		},
+		{
+			name: "an smtpd overriding smtpd_milters refused",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix",
+				Services:      map[string][]string{"submission/inet": strings.Fields("submission inet n - n - - smtpd")},
+				ServiceParams: map[string]string{"submission/inet/smtpd_milters": "inet:127.0.0.1:8891"}},
+			err: "overrides smtpd_milters",
+		},
+		{
+			name: "pickup with another cleanup refused",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", ServiceParams: map[string]string{"pickup/unix/cleanup_service_name": "mycleanup"}},
+			err:  "pickup/unix sets cleanup_service_name=mycleanup",
+		},
+		{
+			name: "daemon names per smtpd service",
+			cfg:  func() *config.Config { return testConfig(binding("a", "192.0.2.11")) },
+			opts: Options{ConfigDir: "/etc/postfix", DaemonNames: map[string]string{"submission/inet": "submission"}},
+			want: []string{"param submission/inet/milter_macro_daemon_name = submission"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			o := opts
 			if tt.opts.ConfigDir != "" {
 				o = tt.opts
+				o.Key = testKey
 			}
 			plan, err := Render(tt.cfg(), o)
 			if tt.err != "" {
@@ -187,8 +299,9 @@ func TestRender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := dump(plan)
+			got := plan.dump()
 			for _, w := range tt.want {
+				w = strings.ReplaceAll(w, "KEY", testKey)
 				if !strings.Contains(got, w) {
 					t.Errorf("missing %q in\n%s", w, got)
 				}
@@ -202,25 +315,32 @@ func TestRender(t *testing.T) {
 	}
 }
 
-// dump flattens a plan into one line per item for substring checks.
-func dump(p *Plan) string {
-	var b strings.Builder
-	for _, m := range p.Main {
-		b.WriteString("main " + m.Name + " = " + m.Value + "\n")
-	}
-	for _, s := range p.Services {
-		b.WriteString("service " + s.Line + "\n")
-	}
-	for _, s := range p.ServiceParams {
-		b.WriteString("param " + s.Key() + " = " + s.Value + "\n")
-	}
-	for _, s := range p.Suspended {
-		b.WriteString("suspended " + s + "\n")
-	}
-	for _, t := range p.Tables {
-		for _, l := range strings.Split(t.Content, "\n") {
-			b.WriteString("table " + t.Path + ": " + l + "\n")
+func TestParseMaster(t *testing.T) {
+	text := `# comment
+smtp      inet  n       -       y       -       -       smtpd
+  -o smtpd_milters=inet:127.0.0.1:8891
+#  -o commented=out
+  -o { smtpd_client_restrictions = permit_mynetworks, reject }
+pickup    unix  n       -       y       60      1       pickup -o cleanup_service_name=vip_cleanup
+127.0.0.1:10025 inet n - n - - smtpd -o content_filter= -o receive_override_options=no_milters
+broken line
+`
+	services, params := parseMaster(text)
+	for _, tt := range []struct{ key, want string }{
+		{"smtp/inet/smtpd_milters", "inet:127.0.0.1:8891"},
+		{"smtp/inet/smtpd_client_restrictions", "permit_mynetworks, reject"},
+		{"pickup/unix/cleanup_service_name", "vip_cleanup"},
+		{"127.0.0.1:10025/inet/content_filter", ""},
+		{"127.0.0.1:10025/inet/receive_override_options", "no_milters"},
+	} {
+		if got, ok := params[tt.key]; !ok || got != tt.want {
+			t.Errorf("%s = %q (%v), want %q", tt.key, got, ok, tt.want)
 		}
 	}
-	return b.String()
+	if _, ok := params["smtp/inet/commented"]; ok {
+		t.Error("a comment line was read as an override")
+	}
+	if len(services) != 3 || services["pickup/unix"][7] != "pickup" || services["smtp/inet"][4] != "y" {
+		t.Errorf("services = %q", services)
+	}
 }

@@ -45,7 +45,8 @@ func TestSuspendSurvivesFlush(t *testing.T) {
 	t.Cleanup(func() { exec.Command("postfix", "-c", dir, "stop").Run() })
 
 	send := exec.Command("sendmail", "-C", dir, "-f", "s@sender.test", "u@[127.0.0.77]")
-	send.Stdin = strings.NewReader("X-Binding: held\nSubject: t\n\nbody\n")
+	// The keyed header stands for the one the milter wrote at first arrival.
+	send.Stdin = strings.NewReader("X-Binding: held " + testKey + "\nSubject: t\n\nbody\n")
 	if out, err := send.CombinedOutput(); err != nil {
 		t.Fatalf("sendmail: %v: %s", err, out)
 	}

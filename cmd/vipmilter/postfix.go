@@ -2,21 +2,29 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	iofs "io/fs"
+	"os/user"
+	"strconv"
 	"strings"
 
+	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/postfix"
 )
 
 const postfixHelp = `
 Render the Postfix side of the binding file and apply it to a Postfix config
-directory with Postfix's own tools (postconf -e/-M/-P/-X, postmap): one smtp
-transport per binding in master.cf, milter_header_checks routing the binding
-header to it, egress stripping of the header, Match_Domain sender maps, the
-milter settings, and a cleanup for pickup that keeps requeued mail on its
-binding. Only what differs is changed: a second run prints "no changes".
-Ends with "postfix check", then reloads a running Postfix (tables are read
-once per process). --dry-run prints the diff and changes nothing.
+directory: one smtp transport per binding in master.cf, tables that route only
+a binding header carrying the per-install key (Binding_Header_Key, created
+here when missing) and strip every other copy on entry and every copy on
+egress, Match_Domain sender maps, vipmilter's milter added after the host's
+own milters, and cleanups that keep requeued and content-filtered mail on its
+binding. The host's own checks, milters and maps are kept, never replaced.
+Everything is staged and checked ("postfix check" on the staged copy) before
+anything is switched in: on failure nothing changed. Only what differs is
+changed: a second run prints "no changes". A running Postfix is reloaded.
+--dry-run stages and checks too, and switches nothing.
 A suspended binding's transport is left out of master.cf so its mail defers
 ("mail transport unavailable") and no "postqueue -f" releases it.
 See docs/postfix.md.`
@@ -27,6 +35,15 @@ func cmdPostfix(c *cli, args []string) error {
 	dir := fs.String("config-dir", "/etc/postfix", "Postfix config `DIR`")
 	dry := fs.Bool("dry-run", false, "print the changes as a diff; change nothing")
 	noReload := fs.Bool("no-reload", false, "do not reload a running Postfix (say that a reload is needed)")
+	daemonNames := map[string]string{}
+	fs.Func("daemon-name", "set milter_macro_daemon_name on an smtpd service, `SERVICE/TYPE=NAME` (e.g. submission/inet=submission), so the policy's vnd.vipmilter.daemon tells services apart; repeatable", func(v string) error {
+		svc, name, ok := strings.Cut(v, "=")
+		if !ok || strings.Count(svc, "/") != 1 {
+			return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
+		}
+		daemonNames[svc] = name
+		return nil
+	})
 	allowLocal := fs.Bool("allow-local-domains", false, "apply even though this Postfix delivers some domains itself (their inbound mail would be routed out by SMTP)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,6 +69,24 @@ func cmdPostfix(c *cli, args []string) error {
 	}
 	opts := st.Options()
 	opts.LocalDelivery = len(st.LocalDomains) > 0
+	opts.DaemonNames = daemonNames
+	// The key's group lets the unprivileged milter read it (systemd/vipmilter.sysusers).
+	gid := -1
+	if g, err := user.LookupGroup("vipmilter"); err == nil {
+		gid, _ = strconv.Atoi(g.Gid)
+	}
+	if *dry {
+		// A dry run creates nothing: a missing key is shown as zeros.
+		if opts.Key, err = config.ReadHeaderKey(cfg.HeaderKeyFile); errors.Is(err, iofs.ErrNotExist) {
+			fmt.Fprintf(c.stdout, "(dry run: %s does not exist; the real run creates it)\n", cfg.HeaderKeyFile)
+			opts.Key, err = strings.Repeat("0", config.HeaderKeyLen), nil
+		}
+	} else {
+		opts.Key, err = config.EnsureHeaderKey(cfg.HeaderKeyFile, gid)
+	}
+	if err != nil {
+		return &exitError{1, err}
+	}
 	plan, err := postfix.Render(cfg, opts)
 	if err != nil {
 		return &exitError{1, err}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,9 @@ func postfixDir(t *testing.T, extraMain string) string {
 			t.Fatal(err)
 		}
 	}
+	if err := os.MkdirAll(filepath.Join(dir, "queue"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 
@@ -39,6 +43,7 @@ func loadable(t *testing.T, run func() int) (code int) {
 
 func TestCmdPostfix(t *testing.T) {
 	bindings := `Milter_Listen = "inet:127.0.0.1:8894"
+Binding_Header_Key = "KEYFILE"
 Binding "a" {
   Bind_Address  = 127.0.0.2
   EHLO_Hostname = a.test
@@ -52,22 +57,42 @@ Binding "a" {
 		stdout    string
 		stderr    string
 		unchanged bool
+		noMain    bool
+		relative  bool
 	}{
 		{name: "dry run shows the transport", args: []string{"--dry-run"}, stdout: "+ vip_a unix", unchanged: true},
 		{name: "local domains refused", main: "virtual_mailbox_domains = example.net\n", code: 1, stderr: "delivers mail locally", unchanged: true},
 		{name: "stray argument", args: []string{"extra"}, code: 2, stderr: "unexpected arguments", unchanged: true},
+		{name: "no main.cf: say what to do", noMain: true, code: 1, stderr: "has no main.cf: this Postfix is not configured yet", unchanged: true},
+		{name: "relative config dir renders absolute paths", relative: true, args: []string{"--dry-run"}, stdout: "milter_header_checks = regexp:/", unchanged: true},
+		// main.cf.dist leaves setgid_group empty: postmap and postfix fail.
+		{name: "broken host: nothing changes, Postfix's reason shown", main: "setgid_group =\n", code: 1, stderr: "setgid_group", unchanged: true},
+		{name: "broken host: dry run fails too", main: "setgid_group =\n", args: []string{"--dry-run"}, code: 1, stderr: "setgid_group", unchanged: true},
+		{name: "daemon name per service", args: []string{"--dry-run", "--daemon-name", "smtp/inet=smtpd"}, stdout: "+ smtp/inet -o milter_macro_daemon_name=smtpd", unchanged: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := postfixDir(t, tt.main)
-			file := filepath.Join(t.TempDir(), "vipmilter.conf")
-			if err := os.WriteFile(file, []byte(bindings), 0o644); err != nil {
+			if tt.noMain {
+				os.Remove(filepath.Join(dir, "main.cf"))
+			}
+			conf := t.TempDir()
+			file := filepath.Join(conf, "vipmilter.conf")
+			body := strings.Replace(bindings, "KEYFILE", filepath.Join(conf, "key"), 1)
+			if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			before, _ := os.ReadFile(filepath.Join(dir, "master.cf"))
+			before := snapshotDir(t, dir)
 			var stdout, stderr bytes.Buffer
 			c := &cli{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr}
-			args := append([]string{"postfix", "-c", file, "--config-dir", dir}, tt.args...)
+			cdir := dir
+			if tt.relative {
+				wd, _ := os.Getwd()
+				t.Cleanup(func() { os.Chdir(wd) })
+				os.Chdir(filepath.Dir(dir))
+				cdir = filepath.Base(dir)
+			}
+			args := append([]string{"postfix", "-c", file, "--config-dir", cdir}, tt.args...)
 			code := loadable(t, func() int { return c.main(args) })
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.code, stdout.String(), stderr.String())
@@ -75,10 +100,30 @@ Binding "a" {
 			if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
 				t.Fatalf("stdout:\n%s\nstderr:\n%s\nwant %q / %q", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
 			}
-			after, _ := os.ReadFile(filepath.Join(dir, "master.cf"))
-			if tt.unchanged && !bytes.Equal(before, after) {
-				t.Fatalf("master.cf changed:\n%s", after)
+			if after := snapshotDir(t, dir); tt.unchanged && after != before {
+				t.Fatalf("config directory changed:\nbefore:\n%s\nafter:\n%s", before, after)
 			}
 		})
 	}
+}
+
+// snapshotDir is every file name and content under dir, queue and data
+// directories aside.
+func snapshotDir(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() && (d.Name() == "queue" || d.Name() == "data") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() {
+			c, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, "== %s\n%s", p, c)
+		}
+		return nil
+	})
+	return b.String()
 }
