@@ -6,7 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // TestSuspendSurvivesFlush runs a private Postfix: mail for a suspended
@@ -17,9 +18,7 @@ import (
 // and must not leave by the stock smtp transport, which could reach the sink.
 func TestSuspendSurvivesFlush(t *testing.T) {
 	needPostfix(t)
-	if _, err := exec.LookPath("smtp-sink"); err != nil {
-		t.Skip("smtp-sink not found")
-	}
+	testenv.Require(t, testenv.SMTPSink)
 	dir := privateDir(t, "smtp_dns_support_level = disabled\nsmtp_tcp_port = 2526\nmyorigin = sender.test\nmydestination =\n")
 	if out, err := exec.Command("postconf", "-c", dir, "-MX", "smtp/inet").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -59,9 +58,10 @@ func TestSuspendSurvivesFlush(t *testing.T) {
 	left := func() bool { return count("status=bounced") > 0 || count("status=sent") > 0 }
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		for !ok() && (what == "delivery" || !left()) {
-			time.Sleep(100 * time.Millisecond)
-		}
+		testenv.Eventually(t, what, func() bool { return ok() || (what != "delivery" && left()) }, func() string {
+			b, _ := os.ReadFile(logf)
+			return string(b)
+		})
 	}
 	const unavailable = "mail transport unavailable"
 	waitFor("first deferral", func() bool { return count(unavailable) >= 1 })

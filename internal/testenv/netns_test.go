@@ -151,6 +151,7 @@ func TestMainCF(t *testing.T) {
 		{[]string{"a = 1", "b = 2"}, nil, "a = 1\nb = 2\n"},
 		{[]string{"a = 1", "b = 2"}, []string{"c = 3", "a=4"}, "a=4\nb = 2\nc = 3\n"},
 		{[]string{"a = 1"}, []string{"a =", "a = 5"}, "a = 5\n"},
+		{[]string{"a = 1"}, []string{"b = 2\nc = 3\n", ""}, "a = 1\nb = 2\nc = 3\n"},
 	} {
 		if got := mainCF(tc.base, tc.main); got != tc.want {
 			t.Errorf("mainCF(%q, %q) = %q, want %q", tc.base, tc.main, got, tc.want)

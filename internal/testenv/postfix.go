@@ -48,8 +48,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 // NewPostfix writes a private main.cf and master.cf (MasterCF) under dir;
 // it does not start the instance. main.cf holds what makes the instance
-// private (its directories and maillog, no aliases) and the main lines
-// ("name = value"), which override those settings.
+// private (its directories and maillog, no aliases) and the main settings
+// ("name = value", or several such lines in one string), which override
+// those.
 func NewPostfix(dir string, ns *NS, main ...string) (*Postfix, error) {
 	base := []string{
 		"compatibility_level = 3.6",
@@ -85,15 +86,18 @@ func NewPostfix(dir string, ns *NS, main ...string) (*Postfix, error) {
 	return &Postfix{Dir: dir, NS: ns}, nil
 }
 
-// mainCF merges settings: a later "name = value" replaces an earlier one in
+// mainCF merges settings (lines, blank ones left out): a later "name = value" replaces an earlier one in
 // place. Postfix would take the last one too, but it warns about each
 // duplicate in every process, and its postlogd, logging its own warnings
 // to itself, can deadlock on them.
 func mainCF(settings ...[]string) string {
 	var order []string
 	value := map[string]string{}
-	for _, lines := range settings {
-		for _, l := range lines {
+	for _, entries := range settings {
+		for _, l := range strings.Split(strings.Join(entries, "\n"), "\n") {
+			if strings.TrimSpace(l) == "" {
+				continue
+			}
 			name, _, _ := strings.Cut(l, "=")
 			name = strings.TrimSpace(name)
 			if _, ok := value[name]; !ok {
