@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -26,33 +27,16 @@ func newEnv(t *testing.T, ctx context.Context, mainExtra ...string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	tmp := t.TempDir()
-	e := &env{net: n, sinkDir: filepath.Join(tmp, "sink")}
-	for _, a := range []string{SinkAddr4, SinkAddr6} {
-		s, err := testenv.StartSink(ctx, n.Sink, net.JoinHostPort(a, "25"), e.sinkDir)
-		if err != nil {
-			t.Fatal(err)
-		}
+	testenv.CloseAtEnd(t, n)
+	e := &env{net: n, sinkDir: filepath.Join(t.TempDir(), "sink")}
+	sinks, err := StartSinks(ctx, n, e.sinkDir)
+	for _, s := range sinks {
 		t.Cleanup(s.Stop)
 	}
-	pf, err := NewPostfix(ctx, filepath.Join(tmp, "postfix"), n.MTA, mainExtra...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.pf = pf
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("maillog tail:\n%s\nqueue:\n%s", pf.LogTail(60), pf.Queue(context.Background()))
-		}
-		if err := pf.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	e.pf = testenv.StartTestPostfix(t, n.MTA, slices.Concat(postfixMain, mainExtra)...)
 	return e
 }
 
@@ -215,16 +199,7 @@ func startGoSinkAt(t *testing.T, ctx context.Context, n *Network, addAddr bool) 
 			t.Fatal(err)
 		}
 	}
-	g, err := testenv.StartGoSink(n.Sink, net.JoinHostPort(GoSinkAddr, "25"), 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := g.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return g
+	return testenv.StartTestGoSink(t, n.Sink, net.JoinHostPort(GoSinkAddr, "25"), 50*time.Millisecond)
 }
 
 // waitBurst waits until n distinct subjects reached the concurrency sink and

@@ -79,12 +79,8 @@ func (s *System) start(ctx context.Context, o SystemOptions) error {
 	}
 	s.Net = n
 	s.Log.Info("namespaces up", "mta", n.MTA, "sink", n.Sink)
-	for _, a := range []string{SinkAddr4, SinkAddr6} {
-		sk, err := testenv.StartSink(ctx, n.Sink, net.JoinHostPort(a, "25"), s.SinkDir)
-		if err != nil {
-			return err
-		}
-		s.sinks = append(s.sinks, sk)
+	if s.sinks, err = StartSinks(ctx, n, s.SinkDir); err != nil {
+		return err
 	}
 	if o.IPAddrFallback {
 		cfg, err := config.Load(o.Config)
@@ -120,6 +116,20 @@ func (s *System) start(ctx context.Context, o SystemOptions) error {
 		return err
 	}
 	return s.StartServe(ctx)
+}
+
+// StartSinks starts smtp-sink on the sink's IPv4 and IPv6 addresses, both
+// dumping into dir. On error the sinks already started are returned too.
+func StartSinks(ctx context.Context, n *Network, dir string) ([]*testenv.Sink, error) {
+	var sinks []*testenv.Sink
+	for _, a := range []string{SinkAddr4, SinkAddr6} {
+		sk, err := testenv.StartSink(ctx, n.Sink, net.JoinHostPort(a, "25"), dir)
+		if err != nil {
+			return sinks, err
+		}
+		sinks = append(sinks, sk)
+	}
+	return sinks, nil
 }
 
 // Vipmilter runs a vipmilter subcommand inside the mta namespace.
@@ -162,7 +172,7 @@ func (s *System) StartServe(ctx context.Context) error {
 	go func() { cmd.Wait(); close(exited) }()
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	err = testenv.Poll(wctx, 20*time.Millisecond, func() (bool, error) {
+	err = testenv.Poll(wctx, 50*time.Millisecond, func() (bool, error) {
 		select {
 		case <-exited:
 			return false, fmt.Errorf("vipmilter serve exited: %s", s.out.String())

@@ -18,21 +18,11 @@ import (
 // and must not leave by the stock smtp transport, which could reach the sink.
 func TestSuspendSurvivesFlush(t *testing.T) {
 	needPostfix(t)
-	testenv.Require(t, testenv.SMTPSink)
 	dir := privateDir(t, "smtp_dns_support_level = disabled\nsmtp_tcp_port = 2526\nmyorigin = sender.test\nmydestination =\n")
 	if out, err := exec.Command("postconf", "-c", dir, "-MX", "smtp/inet").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	sinkDir := filepath.Join(dir, "sink")
-	if err := os.MkdirAll(sinkDir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(sinkDir, 0o777)
-	sink := exec.Command("smtp-sink", "-u", "nobody", "-d", sinkDir+"/%M.", "127.0.0.77:2526", "10")
-	if err := sink.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sink.Process.Kill(); sink.Wait() })
+	sinkDir := testenv.StartTestSink(t, nil, "127.0.0.77:2526").Dir
 
 	held := binding("held", "127.0.0.4")
 	held.SuspendDelivery = true

@@ -33,3 +33,12 @@ func output(cmd *exec.Cmd) (string, error) {
 	}
 	return out.String(), nil
 }
+
+// CloseAtEnd closes c when the test ends; a failure to close fails the test.
+func CloseAtEnd(t testing.TB, c interface{ Close() error }) {
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+}

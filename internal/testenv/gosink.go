@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -46,6 +47,18 @@ func StartGoSink(ns *NS, addr string, delay time.Duration) (*GoSink, error) {
 	g.srv.MaxRecipients = 100
 	go func() { g.done <- g.srv.Serve(ln) }()
 	return g, nil
+}
+
+// StartTestGoSink is StartGoSink for a test; the sink stops when the test
+// ends.
+func StartTestGoSink(t testing.TB, ns *NS, addr string, delay time.Duration) *GoSink {
+	t.Helper()
+	g, err := StartGoSink(ns, addr, delay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	CloseAtEnd(t, g)
+	return g
 }
 
 // Stats is a copy of what the sink recorded so far.

@@ -56,11 +56,7 @@ func NewTestNS(t testing.TB, prefix string) *NS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	CloseAtEnd(t, n)
 	return n
 }
 
@@ -225,7 +221,7 @@ func (n *NS) Listening(ctx context.Context, addr string) (bool, error) {
 
 // WaitListen polls Listening until it holds.
 func (n *NS) WaitListen(ctx context.Context, addr string) error {
-	return Poll(ctx, 20*time.Millisecond, func() (bool, error) { return n.Listening(ctx, addr) }, "a listener on "+addr+" in "+n.String())
+	return Poll(ctx, 50*time.Millisecond, func() (bool, error) { return n.Listening(ctx, addr) }, "a listener on "+addr+" in "+n.String())
 }
 
 // Close deletes the namespace; its links and addresses go with it.

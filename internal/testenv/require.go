@@ -54,12 +54,10 @@ func InCI() bool {
 	return ci
 }
 
-// Require checks every prerequisite. When one is missing the test fails
-// under CI (InCI), where every test must run, and is skipped otherwise (a
-// developer's laptop); the message names each missing prerequisite and how
-// to get it.
-func Require(t testing.TB, needs ...Prereq) {
-	t.Helper()
+// Missing names each prerequisite that is missing, with how to get it; nil
+// when all are there. Programs (the demo, the benchmarks) report it as an
+// error; tests call Require.
+func Missing(needs ...Prereq) []string {
 	var missing []string
 	seen := map[string]bool{}
 	var check func(ps []Prereq)
@@ -76,12 +74,23 @@ func Require(t testing.TB, needs ...Prereq) {
 		}
 	}
 	check(needs)
+	return missing
+}
+
+// Require checks every prerequisite. When one is missing the test fails
+// under CI (InCI), where every test must run, and is skipped otherwise (a
+// developer's laptop); the message names each missing prerequisite and how
+// to get it.
+func Require(t testing.TB, needs ...Prereq) {
+	t.Helper()
+	missing := Missing(needs...)
 	if len(missing) == 0 {
 		return
 	}
 	msg := "missing prerequisite: " + strings.Join(missing, "; ")
 	if InCI() {
 		t.Fatal(msg + "; CI=true requires every test to run")
+		return
 	}
 	t.Skip(msg)
 }
