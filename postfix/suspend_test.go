@@ -77,9 +77,11 @@ func TestSuspendSurvivesFlush(t *testing.T) {
 	exec.Command("postqueue", "-c", dir, "-f").Run()
 	var got string
 	waitFor("delivery", func() bool {
-		files, _ := filepath.Glob(filepath.Join(sinkDir, "*"))
-		for _, f := range files {
-			b, _ := os.ReadFile(f)
+		// Only complete dumps: smtp-sink creates the file before the
+		// message is in it.
+		msgs, _ := testenv.ReadDumps(sinkDir)
+		for _, m := range msgs {
+			b, _ := os.ReadFile(m.File)
 			got = string(b)
 			return true
 		}
