@@ -93,7 +93,7 @@ func (s *System) start(ctx context.Context, o SystemOptions) error {
 				// The host address only: the prefix length is the
 				// provisioner's business.
 				addrs = append(addrs, p.Addr())
-				if err := n.MTA.AddAddr(ctx, "eth0", netip.PrefixFrom(p.Addr(), p.Addr().BitLen())); err != nil {
+				if err := n.AddAddress(ctx, p.Addr().String()); err != nil {
 					return err
 				}
 			}

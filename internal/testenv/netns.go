@@ -20,17 +20,16 @@ import (
 // NS is a network namespace made by the test ("ip netns add"), with lo up.
 // Everything configured in it goes with it when it is closed, so a test
 // never touches the host's interfaces. A nil *NS stands for the host
-// namespace in Command, Run and WaitListen (a private Postfix or a sink on
-// loopback addresses).
+// namespace in Command, Run, Listening and WaitListen (a private Postfix or
+// a sink on loopback addresses).
 type NS struct {
 	Name   string // the name under /var/run/netns
 	handle netns.NsHandle
 	nl     *netlink.Handle
 }
 
-// NewNS creates a namespace named prefix plus a random suffix and brings
-// its lo up. prefix must be short: the name also names veth ends made
-// in the host namespace.
+// NewNS creates a namespace named prefix plus a random suffix, so
+// concurrent tests never share one, and brings its lo up.
 func NewNS(ctx context.Context, prefix string) (*NS, error) {
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
