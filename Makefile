@@ -1,6 +1,6 @@
 # vipmilter — build, test, benchmark, demo, install.
 #
-#   make            build ./vipmilter
+#   make            build ./vipmilter (version stamped with git describe)
 #   make deps       install what the tests and the demo need (Debian, as root)
 #   make test       the whole test suite (unit, milter, Postfix end-to-end, netlink, fuzz, systemd)
 #   make demo       the whole system on examples/ in private network namespaces (root)
@@ -10,7 +10,8 @@
 #   make install    DESTDIR-aware install of binary, units, example config
 
 GO        ?= go
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Empty outside a git checkout: the binary then reports its build info.
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null)
 LDFLAGS   := -X main.version=$(VERSION)
 DESTDIR   ?=
 PREFIX    ?= /usr
@@ -23,16 +24,24 @@ all: build
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o vipmilter ./cmd/vipmilter
 
-# Debian packages the suite uses: postfix (with smtp-sink/smtp-source),
-# swaks, iproute2 (ip netns), systemd (systemd-analyze). Postfix is
+# Debian packages the suite and the demo use: postfix (with smtp-sink/
+# smtp-source), swaks, iproute2 (ip netns), systemd (systemd-analyze,
+# systemd-sysusers, systemd-tmpfiles), opendkim + opendkim-tools (a real
+# companion milter), libmilter-dev + m4 (Sendmail's milter library and
+# config macros), git (version stamp, version tests) and make. Postfix is
 # preseeded to "No configuration" so installing it never asks questions and
-# never configures the host's own mail system.
+# never configures the host's own mail system. Only missing packages are
+# installed (apt-get update only then).
+DEB_PACKAGES := postfix swaks iproute2 systemd opendkim opendkim-tools libmilter-dev m4 git make
+
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (it uses apt-get)"; exit 1; fi
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	command -v postconf >/dev/null && command -v smtp-sink >/dev/null && command -v swaks >/dev/null && command -v ip >/dev/null && command -v systemd-analyze >/dev/null || { \
+	missing=$$(for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -qx 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y postfix swaks iproute2 systemd; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
 	$(GO) mod download
 
 test: unit fuzz systemd-check
@@ -43,6 +52,7 @@ unit:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) ./postfix
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./milter
 
 systemd-check:

@@ -72,9 +72,6 @@ type Config struct {
 	OnPolicyError   PolicyErrorAction // default "default"
 	OnMilterDown    MilterDownAction  // default "accept"
 	MaxBodyBytes    int64             // body bytes the policy may see, default 1 MiB
-	Interface       string            // default interface for Bind_Address (provisioner), "" = unset
-	BindPrefix4     int               // default prefix length for IPv4 Bind_Address, default 32
-	BindPrefix6     int               // default prefix length for IPv6 Bind_Address, default 128
 	TransportPrefix string            // master.cf service name prefix, default "vip_"
 	KeepHeader      bool              // Keep_Header_On_Delivery, default false
 	MetricsListen   string            // "host:port" for Prometheus metrics, "" = off
@@ -93,7 +90,7 @@ type Config struct {
 
 	bindings map[string]*Binding
 	groups   map[string]*Group
-	domains  map[string]*Binding // lower-cased Match_Domain -> binding
+	domains  map[string]*Binding // canonical Match_Domain (see Domain) -> binding
 }
 
 // Binding is one source identity: a set of addresses (at most one per
@@ -112,7 +109,7 @@ type Binding struct {
 	MaxOutboundConnections       int // per destination domain; default 32
 	ServerMaxOutboundConnections int // total for the binding (transport maxproc); 0 = Postfix default
 	SuspendDelivery              bool
-	MatchDomains                 []string // lower-cased, as written otherwise
+	MatchDomains                 []string // canonical form (see Domain): lower case, A-labels, no trailing dot
 	Weight                       int      // group selection weight, default 1
 	Relay                        string   // Postfix next hop for this binding ("" = recipient domain)
 
@@ -137,13 +134,17 @@ func (c *Config) Group(name string) *Group { return c.groups[name] }
 // Default returns the binding named "default", or nil when none is declared.
 func (c *Config) Default() *Binding { return c.bindings[DefaultBindingName] }
 
-// MatchDomain returns the binding whose Match_Domain equals domain
-// (case-insensitive), or nil.
+// MatchDomain returns the binding whose Match_Domain is domain, or nil.
+// domain is a mail domain in any spelling of it: letter case, U-labels or
+// A-labels and a trailing dot do not matter ("Müller.Example." finds
+// Match_Domain = xn--mller-kva.example); both sides are compared in their
+// canonical form, Domain. An address ("u@müller.example") stands for its
+// domain.
 func (c *Config) MatchDomain(domain string) *Binding {
-	if b, ok := c.domains[domain]; ok {
-		return b
+	if i := strings.LastIndexByte(domain, '@'); i >= 0 {
+		domain = domain[i+1:]
 	}
-	return c.domains[strings.ToLower(domain)]
+	return c.domains[Domain(domain)]
 }
 
 // Addr4 returns the binding's IPv4 address, if any.
@@ -167,15 +168,14 @@ func (b *Binding) Addr6() (netip.Addr, bool) {
 }
 
 // index builds the lookup maps; decode calls it once the lists are final.
-// Tests that build a Config by hand call Index.
-func (c *Config) Index() {
+func (c *Config) index() {
 	c.bindings = make(map[string]*Binding, len(c.Bindings))
 	c.groups = make(map[string]*Group, len(c.Groups))
 	c.domains = make(map[string]*Binding)
 	for _, b := range c.Bindings {
 		c.bindings[b.Name] = b
 		for _, d := range b.MatchDomains {
-			c.domains[strings.ToLower(d)] = b
+			c.domains[d] = b
 		}
 	}
 	for _, g := range c.Groups {

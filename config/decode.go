@@ -6,15 +6,27 @@ import (
 	"strings"
 )
 
-// Defaults for settings not written in the file.
+// Defaults for settings not written in the file. The decoder applies these
+// constants and the keyword table's Default column is derived from them, so
+// docs/config.md cannot drift from what the decoder does.
 const (
-	DefaultMilterListen    = "inet:127.0.0.1:8894"
-	DefaultBindingHeader   = "X-Binding"
-	DefaultMaxBodyBytes    = 1 << 20
-	DefaultTransportPrefix = "vip_"
-	DefaultStateDir        = "/var/lib/vipmilter"
-	DefaultHeaderKeyFile   = "/etc/vipmilter/binding-header.key"
-	DefaultMaxOutbound     = 32
+	DefaultMilterListen      = "inet:127.0.0.1:8894"
+	DefaultBindingHeader     = "X-Binding"
+	DefaultOnPolicyError     = PolicyErrorDefault
+	DefaultOnMilterDown      = MilterDownAccept
+	DefaultMaxBodyBytes      = 1 << 20 // bytes
+	DefaultBindPrefix4       = 32
+	DefaultBindPrefix6       = 128
+	DefaultTransportPrefix   = "vip_"
+	DefaultKeepHeader        = false
+	DefaultStateDir          = "/var/lib/vipmilter"
+	DefaultHeaderKeyFile     = "/etc/vipmilter/binding-header.key"
+	DefaultEHLOHostname      = EHLOHostname
+	DefaultMaxOutbound       = 32 // connections per destination domain
+	DefaultServerMaxOutbound = 0  // Postfix's default_process_limit
+	DefaultSuspendDelivery   = false
+	DefaultWeight            = 1
+	DefaultSelection         = SelectSticky
 )
 
 // setting is a value together with the node that set it, so inherited
@@ -78,12 +90,11 @@ func decode(name string, nodes []*Node) (*Config, error) {
 		File:            name,
 		MilterListen:    MustParseListen(DefaultMilterListen),
 		BindingHeader:   DefaultBindingHeader,
-		OnPolicyError:   PolicyErrorDefault,
-		OnMilterDown:    MilterDownAccept,
+		OnPolicyError:   DefaultOnPolicyError,
+		OnMilterDown:    DefaultOnMilterDown,
 		MaxBodyBytes:    DefaultMaxBodyBytes,
-		BindPrefix4:     32,
-		BindPrefix6:     128,
 		TransportPrefix: DefaultTransportPrefix,
+		KeepHeader:      DefaultKeepHeader,
 		StateDir:        DefaultStateDir,
 		HeaderKeyFile:   DefaultHeaderKeyFile,
 	}
@@ -97,15 +108,6 @@ func decode(name string, nodes []*Node) (*Config, error) {
 	global := &values{}
 	var stanzas []*Node
 	d.settings(nodes, inGlobal, global, func(n *Node) { stanzas = append(stanzas, n) })
-	if global.pfx4.set {
-		cfg.BindPrefix4 = global.pfx4.v
-	}
-	if global.pfx6.set {
-		cfg.BindPrefix6 = global.pfx6.v
-	}
-	if global.iface.set {
-		cfg.Interface = global.iface.v
-	}
 	for _, n := range stanzas {
 		switch lookupKeyword(n.Name).Name {
 		case "Binding":
@@ -117,7 +119,7 @@ func decode(name string, nodes []*Node) (*Config, error) {
 	if len(d.errs) > 0 {
 		return nil, d.errs
 	}
-	cfg.Index()
+	cfg.index()
 	return cfg, nil
 }
 
@@ -195,6 +197,42 @@ func (d *decoder) declare(n *Node) bool {
 	return true
 }
 
+// The master.cf services `vipmilter postfix` adds besides the binding
+// transports are named Transport_Prefix + these; no binding may take their
+// names, so the renderer can rely on them being free.
+const (
+	CleanupServiceName  = "cleanup"  // pickup's cleanup: local submissions and postsuper -r
+	FilteredServiceName = "filtered" // the content filter's re-injection cleanup
+)
+
+// stockServices are the master.cf services and transport names of a stock
+// Postfix (Debian's master.cf) and "default", whose
+// <name>_destination_concurrency_limit is a global parameter: a binding
+// transport named like one of them would replace it.
+var stockServices = map[string]bool{
+	"default": true, "smtp": true, "smtpd": true, "submission": true, "submissions": true,
+	"smtps": true, "628": true, "pickup": true, "cleanup": true, "qmgr": true, "oqmgr": true,
+	"tlsmgr": true, "rewrite": true, "bounce": true, "defer": true, "trace": true,
+	"verify": true, "flush": true, "proxymap": true, "proxywrite": true, "relay": true,
+	"showq": true, "error": true, "retry": true, "discard": true, "local": true,
+	"virtual": true, "lmtp": true, "anvil": true, "scache": true, "postlog": true,
+	"maildrop": true, "uucp": true, "ifmail": true, "bsmtp": true,
+	"scalemail-backend": true, "mailman": true, "postscreen": true, "dnsblog": true,
+	"tlsproxy": true, "spawn": true, "pipe": true, "virtual-alias": true,
+}
+
+// checkTransport refuses a binding whose transport (Transport_Prefix and
+// name) would be the name of another master.cf service.
+func (d *decoder) checkTransport(n *Node) {
+	t := d.cfg.TransportPrefix + n.Label
+	switch {
+	case n.Label == CleanupServiceName || n.Label == FilteredServiceName:
+		d.errorf(n.LabelPos, n.Name, "name %q is reserved: %s is a cleanup service that vipmilter postfix renders", n.Label, t)
+	case stockServices[t]:
+		d.errorf(n.LabelPos, n.Name, "name %q: its transport %q (Transport_Prefix + name) is a stock Postfix service; rename the binding or change Transport_Prefix", n.Label, t)
+	}
+}
+
 func (d *decoder) group(n *Node, global *values) {
 	if !d.declare(n) {
 		return
@@ -203,7 +241,7 @@ func (d *decoder) group(n *Node, global *values) {
 		d.errorf(n.LabelPos, n.Name, "%q is reserved for the fallback binding", DefaultBindingName)
 		return
 	}
-	g := &Group{Name: n.Label, Selection: SelectSticky, Pos: n.Pos}
+	g := &Group{Name: n.Label, Selection: DefaultSelection, Pos: n.Pos}
 	gv := &values{}
 	var members []*Node
 	d.settings(n.Children, inGroup, gv, func(c *Node) { members = append(members, c) })
@@ -227,6 +265,7 @@ func (d *decoder) binding(n *Node, g *Group, global, gv *values) {
 		d.errorf(n.LabelPos, n.Name, "the fallback binding %q must be declared outside any group", DefaultBindingName)
 		return
 	}
+	d.checkTransport(n)
 	bv := &values{}
 	d.settings(n.Children, inBinding, bv, func(*Node) {})
 	b := &Binding{Name: n.Label, Group: g, Pos: n.Pos}
@@ -254,19 +293,20 @@ func (d *decoder) binding(n *Node, g *Group, global, gv *values) {
 		return def
 	}
 	b.Interface = str(func(v *values) setting[string] { return v.iface }, "")
-	b.EHLOHostname = str(func(v *values) setting[string] { return v.ehlo }, EHLOHostname)
+	b.EHLOHostname = str(func(v *values) setting[string] { return v.ehlo }, DefaultEHLOHostname)
 	b.Relay = str(func(v *values) setting[string] { return v.relay }, "")
 	b.MaxOutboundConnections = num(func(v *values) setting[int] { return v.moc }, DefaultMaxOutbound)
-	b.ServerMaxOutboundConnections = num(func(v *values) setting[int] { return v.smoc }, 0)
-	pfx4 := num(func(v *values) setting[int] { return v.pfx4 }, 32)
-	pfx6 := num(func(v *values) setting[int] { return v.pfx6 }, 128)
+	b.ServerMaxOutboundConnections = num(func(v *values) setting[int] { return v.smoc }, DefaultServerMaxOutbound)
+	pfx4 := num(func(v *values) setting[int] { return v.pfx4 }, DefaultBindPrefix4)
+	pfx6 := num(func(v *values) setting[int] { return v.pfx6 }, DefaultBindPrefix6)
+	b.SuspendDelivery = DefaultSuspendDelivery
 	for _, s := range scopes {
 		if s.suspend.set {
 			b.SuspendDelivery = s.suspend.v
 			break
 		}
 	}
-	b.Weight = 1
+	b.Weight = DefaultWeight
 	if bv.weight.set {
 		if g == nil {
 			d.errorf(bv.weightPos, "Weight", "only applies to members of a Binding_Group")
@@ -302,11 +342,15 @@ func (d *decoder) binding(n *Node, g *Group, global, gv *values) {
 
 	for _, dom := range bv.domains {
 		if prev, dup := d.domains[dom.s]; dup {
-			d.errorf(dom.pos, "Match_Domain", "%s is already claimed by binding %q at line %d", dom.s, prev.Name, d.domPos[dom.s].Line)
+			d.errorf(dom.pos, "Match_Domain", "%s is already claimed by binding %q at line %d", domainText(dom.s), prev.Name, d.domPos[dom.s].Line)
 			continue
 		}
 		d.domains[dom.s], d.domPos[dom.s] = b, dom.pos
 		b.MatchDomains = append(b.MatchDomains, dom.s)
+	}
+
+	if len(b.Addresses) > 0 && b.Interface == "" {
+		d.warnf(n.Pos, "Interface", "binding %q has no Interface (in the binding, its group or the file): vipmilter provision cannot add its address", b.Name)
 	}
 
 	if b.EHLOHostname == EHLOMessage && len(b.MatchDomains) != 1 {

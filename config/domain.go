@@ -51,3 +51,25 @@ func DomainUnicode(d string) string {
 	}
 	return u
 }
+
+// canonicalDomain is Domain for a domain written in the binding file, where
+// mistakes are refused rather than passed on: it reports false unless d is
+// a domain name whose canonical form is a DNS host name (LDH labels, so it
+// is safe in every MTA table it is written to) and whose A-labels are valid
+// IDNA ("xn--zz" is not).
+func canonicalDomain(d string) (string, bool) {
+	if _, err := domainProfile.ToASCII(strings.TrimSuffix(d, ".")); err != nil {
+		return "", false
+	}
+	c := Domain(d)
+	return c, ValidHostname(c)
+}
+
+// domainText shows a canonical domain to people: "müller.example
+// (xn--mller-kva.example)" for an IDN, the domain alone otherwise.
+func domainText(d string) string {
+	if u := DomainUnicode(d); u != d {
+		return u + " (" + d + ")"
+	}
+	return d
+}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"strconv"
 	"strings"
 )
 
@@ -21,12 +22,18 @@ const everywhere = inGlobal | inGroup | inBinding
 // decoding, "did you mean" suggestions and docs/config.md, so the reference
 // cannot drift from the code.
 type keyword struct {
-	Name    string // canonical spelling
-	Scopes  scope
-	Stanza  bool // Name "label" { ... } instead of Name = value
-	Repeat  bool // may appear more than once in one scope
-	Values  string
+	Name   string // canonical spelling
+	Scopes scope
+	Stanza bool // Name "label" { ... } instead of Name = value
+	Repeat bool // may appear more than once in one scope
+	Values string
+	// Default is the value the decoder assumes when the keyword is not
+	// written, spelled as it would be written in the file; it is built from
+	// the Default* constants so the reference cannot drift from them. A
+	// setting without a default value has "" here and says what being
+	// unset means in Unset.
 	Default string
+	Unset   string
 	Doc     string
 
 	set func(d *decoder, n *Node, v *values) // nil for stanzas
@@ -38,77 +45,77 @@ var keywordIndex map[string]*keyword
 
 func init() {
 	keywords = []*keyword{
-		{Name: "Milter_Listen", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Default: `"inet:127.0.0.1:8894"`,
+		{Name: "Milter_Listen", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Default: DefaultMilterListen,
 			Doc: "Where `vipmilter serve` listens, in Postfix notation. A unix socket must live under Postfix's queue directory (normally /var/spool/postfix) so that chrooted smtpd processes can reach it; `vipmilter postfix` refuses one that does not. Ignored when systemd passes a listening socket (socket activation).",
 			set: setMilterListen},
-		{Name: "Sieve_Script", Scopes: inGlobal, Values: "file name", Default: "none",
+		{Name: "Sieve_Script", Scopes: inGlobal, Values: "file name", Unset: "none",
 			Doc: "The Sieve policy, relative to the binding file's directory. Without a script, bindings are chosen by `Match_Domain` alone.",
 			set: setSieveScript},
-		{Name: "Binding_Header", Scopes: inGlobal, Values: "header field name", Default: `"X-Binding"`,
-			Doc: "The header the milter writes with the chosen binding and Postfix routes on. Every copy a client sends is deleted first. Standard headers (From, Received, Content-*, …) are refused.",
+		{Name: "Binding_Header", Scopes: inGlobal, Values: "header field name", Default: DefaultBindingHeader,
+			Doc: "The header the milter writes with the chosen binding (and the `Binding_Header_Key`) and Postfix routes on. A copy a client sends never routes a message: it lacks the key, and the MTA strips it. Standard headers (From, Received, Content-*, …) are refused.",
 			set: setBindingHeader},
-		{Name: "On_Policy_Error", Scopes: inGlobal, Values: "`default` \\| `tempfail`", Default: "`default`",
+		{Name: "On_Policy_Error", Scopes: inGlobal, Values: "`default` \\| `tempfail`", Default: string(DefaultOnPolicyError),
 			Doc: "What happens when the Sieve script fails at run time or names no known binding or group: `default` delivers through the fallback binding and logs an error; `tempfail` answers 4xx so the client retries later.",
 			set: setOnPolicyError},
-		{Name: "On_Milter_Down", Scopes: inGlobal, Values: "`accept` \\| `tempfail`", Default: "`accept`",
+		{Name: "On_Milter_Down", Scopes: inGlobal, Values: "`accept` \\| `tempfail`", Default: string(DefaultOnMilterDown),
 			Doc: "Rendered as Postfix's `milter_default_action`: what Postfix does when it cannot reach the milter. With `accept`, mail still flows and `Match_Domain` bindings are still honoured through `sender_dependent_default_transport_maps`.",
 			set: setOnMilterDown},
-		{Name: "Max_Body_Bytes", Scopes: inGlobal, Values: "bytes, optional suffix `K`, `M`, `G` (binary)", Default: "`1M`",
+		{Name: "Max_Body_Bytes", Scopes: inGlobal, Values: "bytes, optional suffix `K`, `M`, `G` (binary)", Default: sizeText(DefaultMaxBodyBytes),
 			Doc: "How much of the body a script that requires `body` may see. Postfix is only asked for the body when the script needs it.",
 			set: setMaxBodyBytes},
-		{Name: "Interface", Scopes: everywhere, Values: "interface name", Default: "none",
-			Doc: "The network interface on which `vipmilter provision` configures binding addresses. Needed by the provisioner for every binding with an address; the milter and the Postfix renderer do not use it.",
+		{Name: "Interface", Scopes: everywhere, Values: "interface name", Unset: "none",
+			Doc: "The network interface on which `vipmilter provision` configures binding addresses. Needed by the provisioner for every binding with an address (`check` warns about bindings without one); the milter and the Postfix renderer do not use it.",
 			set: setInterface},
-		{Name: "Bind_Prefix", Scopes: everywhere, Values: "1–32", Default: "`32`",
+		{Name: "Bind_Prefix", Scopes: everywhere, Values: "1–32", Default: strconv.Itoa(DefaultBindPrefix4),
 			Doc: "Prefix length given to IPv4 binding addresses the provisioner adds, unless the address is written as `addr/len`.",
 			set: setInt(1, 32, func(v *values) *setting[int] { return &v.pfx4 })},
-		{Name: "Bind_Prefix6", Scopes: everywhere, Values: "1–128", Default: "`128`",
+		{Name: "Bind_Prefix6", Scopes: everywhere, Values: "1–128", Default: strconv.Itoa(DefaultBindPrefix6),
 			Doc: "Prefix length given to IPv6 binding addresses the provisioner adds, unless the address is written as `addr/len`.",
 			set: setInt(1, 128, func(v *values) *setting[int] { return &v.pfx6 })},
-		{Name: "Transport_Prefix", Scopes: inGlobal, Values: "`[A-Za-z][A-Za-z0-9_-]`, up to 32", Default: `"vip_"`,
+		{Name: "Transport_Prefix", Scopes: inGlobal, Values: "`[A-Za-z][A-Za-z0-9_-]`, up to 32", Default: DefaultTransportPrefix,
 			Doc: "Prefix of the master.cf services and main.cf parameters that `vipmilter postfix` owns; the transport of binding `B` is `<prefix>B`.",
 			set: setTransportPrefix},
-		{Name: "Keep_Header_On_Delivery", Scopes: inGlobal, Values: "boolean", Default: "`false`",
+		{Name: "Keep_Header_On_Delivery", Scopes: inGlobal, Values: "boolean", Default: strconv.FormatBool(DefaultKeepHeader),
 			Doc: "Keep the binding header on mail that leaves. By default the binding transports strip it.",
 			set: setKeepHeader},
-		{Name: "Metrics_Listen", Scopes: inGlobal, Values: "`host:port`", Default: "none (off)",
+		{Name: "Metrics_Listen", Scopes: inGlobal, Values: "`host:port`", Unset: "none (off)",
 			Doc: "Serve Prometheus metrics at `http://host:port/metrics`.",
 			set: setMetricsListen},
-		{Name: "State_Dir", Scopes: inGlobal, Values: "absolute path", Default: `"/var/lib/vipmilter"`,
+		{Name: "State_Dir", Scopes: inGlobal, Values: "absolute path", Default: DefaultStateDir,
 			Doc: "Where the provisioner records which addresses it added, so that `--prune` never removes an address it did not add.",
 			set: setStateDir},
-		{Name: "Binding_Header_Key", Scopes: inGlobal, Values: "absolute path", Default: `"/etc/vipmilter/binding-header.key"`,
+		{Name: "Binding_Header_Key", Scopes: inGlobal, Values: "absolute path", Default: DefaultHeaderKeyFile,
 			Doc: "A per-install secret that the milter writes into every binding header it adds and that the rendered MTA tables require, so that a binding header a client forged (by SMTP or local `sendmail`, on any path, including requeue and a milter that was down) never routes a message. `vipmilter postfix` creates it (mode 0640, readable by the `vipmilter` group) when it does not exist; `vipmilter serve` reads it.",
 			set: setHeaderKeyFile},
 		{Name: "Binding", Scopes: inGlobal | inGroup, Stanza: true, Repeat: true, Values: "name: `[A-Za-z0-9._-]`, 1–64, case-sensitive",
-			Doc: "A source identity: addresses, EHLO name and delivery limits. The binding named `default` is the fallback for mail the policy does not place; without one, such mail takes Postfix's ordinary delivery. Names must also differ in more than letter case: `Pool` next to `pool` is refused as a likely typo."},
+			Doc: "A source identity: addresses, EHLO name and delivery limits. The binding named `default` is the fallback for mail the policy does not place; without one, such mail takes Postfix's ordinary delivery. Names must also differ in more than letter case: `Pool` next to `pool` is refused as a likely typo. The names `cleanup` and `filtered` are reserved (`<prefix>cleanup` and `<prefix>filtered` are cleanup services `vipmilter postfix` adds), and a name whose transport `<prefix><name>` is a stock Postfix service (`smtp`, `local`, `default`, …) is refused."},
 		{Name: "Binding_Group", Scopes: inGlobal, Stanza: true, Repeat: true, Values: "name, as for Binding",
 			Doc: "A pool of bindings. Naming the group in the policy picks one live member. Settings written in the group (other than `Bind_Address`, `Match_Domain`, `Weight`) are defaults for its members."},
-		{Name: "Selection", Scopes: inGroup, Values: "`sticky` \\| `random` \\| `round_robin`", Default: "`sticky`",
+		{Name: "Selection", Scopes: inGroup, Values: "`sticky` \\| `random` \\| `round_robin`", Default: string(DefaultSelection),
 			Doc: "How a group picks a member: `sticky` by weighted rendezvous hashing of the first recipient's domain (a destination keeps seeing the same address), `random` by weight, `round_robin` in turn. Suspended members and members whose address is not on the host are skipped. When every member is suspended, all are candidates, so mail waits in the queue rather than leaving from an address outside the group; when a missing address leaves no member, the message follows `On_Policy_Error`.",
 			set: setSelection},
 		{Name: "Bind_Address", Scopes: inBinding, Repeat: true, Values: "IPv4 or IPv6 address, optional `/len`",
 			Doc: "The source address. Repeat the keyword to give one IPv4 and one IPv6 address; at most one of each. Required in every binding except `default` (where it also binds the mail Postfix generates itself, such as bounces).",
 			set: setBindAddress},
-		{Name: "EHLO_Hostname", Scopes: everywhere, Values: "`__hostname__` \\| `__message__` \\| host name", Default: "`__hostname__`",
-			Doc: "The name sent in EHLO. `__hostname__` is Postfix's `$myhostname`. `__message__` (Momentum: the envelope sender's domain) can only be honoured when the binding has exactly one `Match_Domain`, because Postfix sets the EHLO name per transport; otherwise `check` warns and the binding greets with `$myhostname`.",
+		{Name: "EHLO_Hostname", Scopes: everywhere, Values: "`__hostname__` \\| `__message__` \\| host name \\| address literal `[192.0.2.1]`, `[IPv6:2001:db8::1]`", Default: DefaultEHLOHostname,
+			Doc: "The name sent in EHLO. `__hostname__` is Postfix's `$myhostname`. An internationalized name is sent in its A-label form; an address literal is written as in RFC 5321, with the `IPv6:` tag and without a zone. `__message__` (Momentum: the envelope sender's domain) can only be honoured when the binding has exactly one `Match_Domain`, because Postfix sets the EHLO name per transport; otherwise `check` warns and the binding greets with `$myhostname`.",
 			set: setEHLO},
-		{Name: "Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: no limit)", Default: "`32`",
+		{Name: "Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: no limit)", Default: strconv.Itoa(DefaultMaxOutbound),
 			Doc: "Concurrent connections from this binding to one destination domain, as in Momentum (Postfix's `<transport>_destination_concurrency_limit`).",
 			set: setInt(0, 10000, func(v *values) *setting[int] { return &v.moc })},
-		{Name: "Server_Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: Postfix's default_process_limit)", Default: "`0`",
+		{Name: "Server_Max_Outbound_Connections", Scopes: everywhere, Values: "0–10000 (0: Postfix's default_process_limit)", Default: strconv.Itoa(DefaultServerMaxOutbound),
 			Doc: "Concurrent connections from this binding in total (the transport's master.cf process limit).",
 			set: setInt(0, 10000, func(v *values) *setting[int] { return &v.smoc })},
-		{Name: "Suspend_Delivery", Scopes: everywhere, Values: "boolean", Default: "`false`",
+		{Name: "Suspend_Delivery", Scopes: everywhere, Values: "boolean", Default: strconv.FormatBool(DefaultSuspendDelivery),
 			Doc: "Hold this binding's mail in the queue: it is neither delivered from any address nor bounced (until `maximal_queue_lifetime`), and leaves from the binding's address once unsuspended and re-applied with `vipmilter postfix`. Group members that are suspended are skipped by selection.",
 			set: setSuspend},
 		{Name: "Match_Domain", Scopes: inBinding, Repeat: true, Values: "domain name",
-			Doc: "Mail whose envelope sender is in exactly this domain (case-insensitive) uses this binding unless the Sieve script chose one. Repeatable; a domain may belong to one binding only. Also rendered for Postfix, so it keeps working when the milter is down.",
+			Doc: "Mail whose envelope sender is in exactly this domain (case-insensitive; an internationalized domain may be written with U-labels, `müller.example`, or A-labels, `xn--mller-kva.example`, which are the same domain; a trailing dot is ignored) uses this binding unless the Sieve script chose one. Repeatable; a domain may belong to one binding only. Also rendered for Postfix, so it keeps working when the milter is down.",
 			set: setMatchDomain},
-		{Name: "Weight", Scopes: inBinding, Values: "1–1000", Default: "`1`",
+		{Name: "Weight", Scopes: inBinding, Values: "1–1000", Default: strconv.Itoa(DefaultWeight),
 			Doc: "A group member's share of `sticky` and `random` selection. Only inside a Binding_Group.",
 			set: setWeight},
-		{Name: "Relay", Scopes: everywhere, Values: "Postfix next hop: `host`, `[host]`, `[host]:port`", Default: "none (the recipient's domain)",
+		{Name: "Relay", Scopes: everywhere, Values: "Postfix next hop: `host`, `host:port`, `[host]`, `[host]:port`, `[addr]`, `[ipv6:addr]:port`", Unset: "none (the recipient's domain)",
 			Doc: "Send this binding's mail through a smarthost. Needed on sites with a relayhost: routing by binding bypasses `relayhost` and `transport_maps`.",
 			set: setRelay},
 	}

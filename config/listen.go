@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // Listen is a socket address written in Postfix's milter notation
@@ -44,8 +45,21 @@ func (l Listen) Path() string {
 	return ""
 }
 
+// socketPathUnsafe are the characters a unix socket path may not hold: it
+// is written into main.cf (smtpd_milters), where white space and commas
+// split the list, "{" and "}" group per-milter settings, "$" expands a
+// parameter, and quotes and backslashes are read differently by different
+// Postfix versions; control characters would end or split the line.
+const socketPathUnsafe = " ,${}\"'\\"
+
+func safeSocketPath(p string) bool {
+	return !strings.ContainsFunc(p, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune(socketPathUnsafe, r)
+	})
+}
+
 // ParseListen parses s in Postfix milter notation. A unix path must be
-// absolute and free of spaces and commas (Postfix splits lists on both); an
+// absolute and free of the characters socketPathUnsafe lists; an
 // inet host is an IP address or a host name; the port is 1–65535.
 func ParseListen(s string) (Listen, error) {
 	kind, rest, ok := strings.Cut(s, ":")
@@ -54,8 +68,8 @@ func ParseListen(s string) (Listen, error) {
 	}
 	switch kind {
 	case "unix", "local":
-		if !filepath.IsAbs(rest) || strings.ContainsAny(rest, " \t\r\n,") {
-			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path without spaces or commas", s)
+		if !filepath.IsAbs(rest) || !safeSocketPath(rest) {
+			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path without spaces or any of , $ { } \" ' \\ (Postfix splits milter lists on spaces and commas and expands $)", s)
 		}
 		return Listen{Network: "unix", Address: filepath.Clean(rest)}, nil
 	case "inet", "inet6":

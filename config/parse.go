@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Node is one statement of a binding file before it is given a meaning:
@@ -57,6 +59,10 @@ type token struct {
 	kind tokenKind
 	text string
 	pos  Pos
+	// bad is the first character of a word or string that no value may
+	// hold (see badRune); the parser reports it with the keyword it
+	// belongs to.
+	bad *Error
 }
 
 // lexer splits a binding file into words, quoted strings, "=", "{" and "}".
@@ -91,6 +97,29 @@ func isDelim(c byte) bool {
 	return isSpace(c) || c == '=' || c == '{' || c == '}' || c == '"' || c == '#'
 }
 
+// badRune reports why the character at the start of b may not appear in a
+// word or quoted string, or "" when it may. Values end up in MTA
+// configuration files, where a control character (a CR ends a master.cf
+// line, a NUL ends a C string) or malformed UTF-8 would be read differently
+// from what the administrator sees; no legitimate value needs either.
+func badRune(b []byte) (size int, why string) {
+	c := b[0]
+	if c < utf8.RuneSelf {
+		if c < 0x20 || c == 0x7f {
+			return 1, fmt.Sprintf("control character %U is not allowed", c)
+		}
+		return 1, ""
+	}
+	r, size := utf8.DecodeRune(b)
+	if r == utf8.RuneError && size <= 1 {
+		return 1, "malformed UTF-8 is not allowed"
+	}
+	if unicode.IsControl(r) {
+		return size, fmt.Sprintf("control character %U is not allowed", r)
+	}
+	return size, ""
+}
+
 func (lx *lexer) next() (token, *Error) {
 	for lx.off < len(lx.src) {
 		c := lx.src[lx.off]
@@ -110,6 +139,20 @@ func (lx *lexer) next() (token, *Error) {
 	if lx.off >= len(lx.src) {
 		return token{kind: tokEOF, pos: p}, nil
 	}
+	// take consumes one character and returns its bytes, noting in bad the
+	// first one that no word or string may hold.
+	var bad *Error
+	take := func() []byte {
+		start := lx.off
+		size, why := badRune(lx.src[lx.off:])
+		if why != "" && bad == nil {
+			bad = &Error{Pos: lx.pos(), Msg: why}
+		}
+		for i := 0; i < size && lx.off < len(lx.src); i++ {
+			lx.advance()
+		}
+		return lx.src[start:lx.off]
+	}
 	switch c := lx.src[lx.off]; c {
 	case '=':
 		lx.advance()
@@ -127,25 +170,24 @@ func (lx *lexer) next() (token, *Error) {
 			if lx.off >= len(lx.src) || lx.src[lx.off] == '\n' {
 				return token{}, &Error{Pos: p, Msg: "unterminated quoted string"}
 			}
-			c := lx.advance()
-			switch c {
+			switch lx.src[lx.off] {
 			case '"':
-				return token{kind: tokString, text: b.String(), pos: p}, nil
+				lx.advance()
+				return token{kind: tokString, text: b.String(), pos: p, bad: bad}, nil
 			case '\\':
+				lx.advance()
 				if lx.off >= len(lx.src) || lx.src[lx.off] == '\n' {
 					return token{}, &Error{Pos: p, Msg: "unterminated quoted string"}
 				}
-				b.WriteByte(lx.advance())
-			default:
-				b.WriteByte(c)
 			}
+			b.Write(take())
 		}
 	}
 	start := lx.off
 	for lx.off < len(lx.src) && !isDelim(lx.src[lx.off]) {
-		lx.advance()
+		take()
 	}
-	return token{kind: tokWord, text: string(lx.src[start:lx.off]), pos: p}, nil
+	return token{kind: tokWord, text: string(lx.src[start:lx.off]), pos: p, bad: bad}, nil
 }
 
 // parser builds the node tree with one token of look-ahead.
@@ -153,11 +195,22 @@ type parser struct {
 	lx   lexer
 	tok  token
 	errs ErrorList
+	// keyword is the statement being read, named in errors about its
+	// label or value ("" while reading the keyword itself).
+	keyword string
 }
 
+// scan reads the next token. A token holding a character no value may
+// hold stops the parse like a syntax error.
 func (p *parser) scan() bool {
 	t, err := p.lx.next()
+	if err == nil && t.bad != nil {
+		err = t.bad
+	}
 	if err != nil {
+		if err.Keyword == "" {
+			err.Keyword = p.keyword
+		}
 		p.errs = append(p.errs, err)
 		return false
 	}
@@ -173,7 +226,7 @@ func ParseTree(name string, src []byte) ([]*Node, error) {
 	if !p.scan() {
 		return nil, p.errs
 	}
-	nodes, ok := p.block(0, Pos{})
+	nodes, ok := p.block(0, nil, Pos{})
 	if !ok {
 		return nil, p.errs
 	}
@@ -185,13 +238,15 @@ func (p *parser) fail(pos Pos, format string, args ...any) bool {
 	return false
 }
 
-func (p *parser) block(depth int, open Pos) ([]*Node, bool) {
+// block reads statements up to the "}" at open that closes stanza (nil at
+// the top level, which ends at the end of the file).
+func (p *parser) block(depth int, stanza *Node, open Pos) ([]*Node, bool) {
 	var nodes []*Node
 	for {
 		switch p.tok.kind {
 		case tokEOF:
 			if depth > 0 {
-				return nil, p.fail(open, `"{" is never closed`)
+				return nil, p.fail(open, `%s: "{" is never closed`, stanza.Name)
 			}
 			return nodes, true
 		case tokClose:
@@ -207,6 +262,7 @@ func (p *parser) block(depth int, open Pos) ([]*Node, bool) {
 			return nil, p.fail(p.tok.pos, "expected a keyword, found %s", p.tok.kind)
 		}
 		n := &Node{Name: p.tok.text, Pos: p.tok.pos}
+		p.keyword = n.Name
 		if !p.scan() {
 			return nil, false
 		}
@@ -219,6 +275,7 @@ func (p *parser) block(depth int, open Pos) ([]*Node, bool) {
 				return nil, p.fail(p.tok.pos, "%s: expected a value after \"=\", found %s", n.Name, p.tok.kind)
 			}
 			n.Value, n.ValuePos = p.tok.text, p.tok.pos
+			p.keyword = ""
 			if !p.scan() {
 				return nil, false
 			}
@@ -240,10 +297,11 @@ func (p *parser) block(depth int, open Pos) ([]*Node, bool) {
 				return nil, p.fail(n.Pos, "%s: stanzas nest at most two deep (Binding_Group > Binding)", n.Name)
 			}
 			brace := p.tok.pos
+			p.keyword = ""
 			if !p.scan() {
 				return nil, false
 			}
-			children, ok := p.block(depth+1, brace)
+			children, ok := p.block(depth+1, n, brace)
 			if !ok {
 				return nil, false
 			}

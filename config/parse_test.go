@@ -3,9 +3,11 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -51,6 +53,7 @@ Metrics_Listen = 127.0.0.1:9100
 Max_Body_Bytes = 64K
 On_Policy_Error = TEMPFAIL
 Keep_Header_On_Delivery = yes
+Interface = eth0
 Binding_Group "G" {
   selection = round_robin
   Suspend_Delivery = true
@@ -77,6 +80,7 @@ Binding_Group "G" {
 		{"suspend inherited from group", m1.SuspendDelivery, true},
 		{"binding overrides group", m2.SuspendDelivery, false},
 		{"interface inherited from group", m2.Interface, "veth1"},
+		{"interface inherited from file", ex.Interface, "eth0"},
 		{"v6 default prefix", m2.Addresses[0].Bits(), 128},
 		{"trailing dot dropped", m2.MatchDomains[0], "m2.example"},
 		{"__message__ kept", m2.EHLOHostname, EHLOMessage},
@@ -95,17 +99,128 @@ Binding_Group "G" {
 	}
 }
 
+// TestParseAccepts: values that reach MTA configuration are accepted in
+// every form their syntax allows, and stored in canonical form.
+func TestParseAccepts(t *testing.T) {
+	cases := []struct {
+		keyword, value string
+		get            func(*Binding) string
+		want           string
+	}{
+		{"EHLO_Hostname", "mta1.Example.com", func(b *Binding) string { return b.EHLOHostname }, "mta1.Example.com"},
+		{"EHLO_Hostname", "[192.0.2.1]", func(b *Binding) string { return b.EHLOHostname }, "[192.0.2.1]"},
+		{"EHLO_Hostname", "[IPv6:2001:DB8:0::1]", func(b *Binding) string { return b.EHLOHostname }, "[IPv6:2001:db8::1]"},
+		{"EHLO_Hostname", "[ipv6:::ffff:192.0.2.1]", func(b *Binding) string { return b.EHLOHostname }, "[IPv6:::ffff:192.0.2.1]"},
+		{"EHLO_Hostname", "__HOSTNAME__", func(b *Binding) string { return b.EHLOHostname }, EHLOHostname},
+		{"EHLO_Hostname", "mta.Müller.example", func(b *Binding) string { return b.EHLOHostname }, "mta.xn--mller-kva.example"},
+		{"Relay", "smarthost.example", func(b *Binding) string { return b.Relay }, "smarthost.example"},
+		{"Relay", "smarthost.example:submission", func(b *Binding) string { return b.Relay }, "smarthost.example:submission"},
+		{"Relay", "[smarthost.example]:587", func(b *Binding) string { return b.Relay }, "[smarthost.example]:587"},
+		{"Relay", "[192.0.2.25]", func(b *Binding) string { return b.Relay }, "[192.0.2.25]"},
+		{"Relay", "[ipv6:2001:db8::25]:25", func(b *Binding) string { return b.Relay }, "[ipv6:2001:db8::25]:25"},
+		{"Relay", "[2001:db8::25]", func(b *Binding) string { return b.Relay }, "[2001:db8::25]"},
+		{"Match_Domain", "müller.example", func(b *Binding) string { return b.MatchDomains[0] }, "xn--mller-kva.example"},
+		{"Match_Domain", "XN--MLLER-KVA.Example.", func(b *Binding) string { return b.MatchDomains[0] }, "xn--mller-kva.example"},
+		{"Match_Domain", "Example.COM.", func(b *Binding) string { return b.MatchDomains[0] }, "example.com"},
+	}
+	for _, c := range cases {
+		t.Run(c.keyword+"="+c.value, func(t *testing.T) {
+			src := `Binding "A" { Bind_Address = 10.0.0.1 Interface = eth0 ` + c.keyword + ` = "` + c.value + `" }`
+			cfg, err := Parse("t.conf", []byte(src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.get(cfg.Binding("A")); got != c.want {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+// TestMatchDomainSpellings: U-labels and A-labels, letter case and a
+// trailing dot name the same domain, on both sides of the lookup.
+func TestMatchDomainSpellings(t *testing.T) {
+	for _, written := range []string{"müller.example", "xn--mller-kva.example", "MÜLLER.example."} {
+		cfg, err := Parse("t.conf", []byte(`Binding "A" { Bind_Address = 10.0.0.1 Match_Domain = "`+written+`" Match_Domain = Example.COM }`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := cfg.Binding("A")
+		for _, lookup := range []string{"müller.example", "xn--mller-kva.example", "Müller.Example.", "XN--MLLER-KVA.EXAMPLE", "u@müller.example", "u@xn--mller-kva.example.", "Example.COM.", "example.com", "u@Example.COM."} {
+			if cfg.MatchDomain(lookup) != a {
+				t.Errorf("Match_Domain %q: MatchDomain(%q) does not find binding A", written, lookup)
+			}
+		}
+		for _, other := range []string{"muller.example", "example.com.example", "xn--mller-kva.example.com", "", "müller.example@other.example", "u@"} {
+			if b := cfg.MatchDomain(other); b != nil {
+				t.Errorf("Match_Domain %q: MatchDomain(%q) = %q, want none", written, other, b.Name)
+			}
+		}
+	}
+}
+
+// TestDefaultsAsWritten: writing a keyword with the default that the
+// reference documents decodes to the same Config as leaving it out, so
+// docs/config.md tells the truth about the decoder.
+func TestDefaultsAsWritten(t *testing.T) {
+	// The slot a keyword is written in is the first its scopes allow;
+	// stanza positions do not move, since each slot comes after the
+	// stanza's own position.
+	const base = `Binding_Group "G" { Binding "m" { Bind_Address = 10.0.0.1 Bind_Address = 2001:db8::1 Interface = eth0 %s } %s }
+%s
+`
+	parse := func(global, group, binding string) *Config {
+		t.Helper()
+		cfg, err := Parse("t.conf", fmt.Appendf(nil, base, binding, group, global))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	want := parse("", "", "")
+	tested := 0
+	for _, k := range keywords {
+		if k.Default == "" {
+			continue
+		}
+		tested++
+		line := k.Name + ` = "` + k.Default + `"`
+		var got *Config
+		switch {
+		case k.Scopes&inGlobal != 0:
+			got = parse(line, "", "")
+		case k.Scopes&inGroup != 0:
+			got = parse("", line, "")
+		default:
+			got = parse("", "", line)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: writing the documented default %q changes the decoded Config", k.Name, k.Default)
+		}
+	}
+	if tested < 10 {
+		t.Fatalf("only %d keywords have a default", tested)
+	}
+}
+
 func TestParseWarnings(t *testing.T) {
 	cases := []struct {
 		name, src, want string
+		noIface         bool // leave out the file-level Interface the other cases get
 	}{
-		{"message without domain", `Binding "A" { Bind_Address = 10.0.0.1 EHLO_Hostname = __message__ }`, "t.conf:1:1: EHLO_Hostname: binding \"A\": __message__"},
-		{"message with two domains", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n EHLO_Hostname = __MESSAGE__\n Match_Domain = a.example\n Match_Domain = b.example }", "has 2 Match_Domain values"},
-		{"shared address", `Binding "A" { Bind_Address = 10.0.0.1 } Binding "B" { Bind_Address = 10.0.0.1 }`, `t.conf:1:70: Bind_Address: 10.0.0.1 is also the address of binding "A"`},
+		{"no interface", `Binding "A" { Bind_Address = 10.0.0.1 }  Binding "default" { }`, `t.conf:1:1: Interface: binding "A" has no Interface`, true},
+		{"interface from group", `Binding_Group "G" { Interface = eth1 Binding "A" { Bind_Address = 10.0.0.1 } } Binding "B" { Bind_Address = 10.0.0.2 }`, `t.conf:1:80: Interface: binding "B" has no Interface`, true},
+		{"message without domain", `Binding "A" { Bind_Address = 10.0.0.1 EHLO_Hostname = __message__ }`, "t.conf:1:1: EHLO_Hostname: binding \"A\": __message__", false},
+		{"message with two domains", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n EHLO_Hostname = __MESSAGE__\n Match_Domain = a.example\n Match_Domain = b.example }", "has 2 Match_Domain values", false},
+		{"shared address", `Binding "A" { Bind_Address = 10.0.0.1 } Binding "B" { Bind_Address = 10.0.0.1 }`, `t.conf:1:70: Bind_Address: 10.0.0.1 is also the address of binding "A"`, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cfg, err := Parse("t.conf", []byte(c.src))
+			src := c.src
+			if !c.noIface {
+				src += " Interface = eth0"
+			}
+			cfg, err := Parse("t.conf", []byte(src))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,8 +242,17 @@ func TestParseErrors(t *testing.T) {
 		want      string // substring of the single error, including file:line:col
 	}{
 		// syntax
-		{"unterminated string", `Binding_Header = "X-B`, `t.conf:1:18: unterminated quoted string`},
-		{"unclosed stanza", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n", `t.conf:1:13: "{" is never closed`},
+		{"unterminated string", `Binding_Header = "X-B`, `t.conf:1:18: Binding_Header: unterminated quoted string`},
+		// characters no value may hold, wherever they are
+		{"CR in quoted value", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n EHLO_Hostname = \"a.example\r-o\rsmtp_bind_address=192.0.2.99\" }", `t.conf:3:28: EHLO_Hostname: control character U+000D is not allowed`},
+		{"NUL in bare value", "Binding_Header = X-B\x00inding", `t.conf:1:21: Binding_Header: control character U+0000 is not allowed`},
+		{"tab in quoted value", "Binding_Header = \"X\tB\"", `t.conf:1:20: Binding_Header: control character U+0009`},
+		{"C1 control", "Binding_Header = \"X\u0085B\"", `t.conf:1:20: Binding_Header: control character U+0085`},
+		{"DEL in label", "Binding \"A\x7f\" { }", `t.conf:1:11: Binding: control character U+007F`},
+		{"malformed UTF-8", "Binding_Header = X\xffB", `t.conf:1:19: Binding_Header: malformed UTF-8`},
+		{"control in keyword", "Bind\x01 = 1", `t.conf:1:5: control character U+0001`},
+		{"escaped CR", "Binding_Header = \"X\\\rB\"", `t.conf:1:21: Binding_Header: control character U+000D`},
+		{"unclosed stanza", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n", `t.conf:1:13: Binding: "{" is never closed`},
 		{"stray close", "}", `t.conf:1:1: unexpected "}"`},
 		{"missing value", "Binding_Header =\n}", `t.conf:2:1: Binding_Header: expected a value`},
 		{"missing equals", "Binding_Header X-B", `t.conf:1:16: Binding_Header: expected "=" before "X-B"`},
@@ -163,6 +287,7 @@ func TestParseErrors(t *testing.T) {
 		{"multicast v6", `Binding "A" { Bind_Address = ff02::1 }`, `unspecified or multicast`},
 		{"link-local v6", `Binding "A" { Bind_Address = fe80::1 }`, `link-local`},
 		{"zone", `Binding "A" { Bind_Address = 2001:db8::1%eth0 }`, `zones are not allowed`},
+		{"zone with injection", "Binding \"A\" { Bind_Address = \"2001:db8::1%x-o smtp_bind_address=192.0.2.99\" }", `t.conf:1:30: Bind_Address: "2001:db8::1%x-o smtp_bind_address=192.0.2.99": zones are not allowed`},
 		{"two v4", "Binding \"A\" {\n Bind_Address = 10.0.0.1\n Bind_Address = 10.0.0.2 }", `t.conf:3:2: Bind_Address: a binding has at most one IPv4 address (the first is at line 2)`},
 		{"bad Bind_Prefix", "Bind_Prefix = 0", `t.conf:1:15: Bind_Prefix: "0": want a whole number from 1 to 32`},
 		{"bad Bind_Prefix6", "Bind_Prefix6 = 129", `Bind_Prefix6: "129": want a whole number from 1 to 128`},
@@ -172,9 +297,24 @@ func TestParseErrors(t *testing.T) {
 		{"domain claimed twice", "Binding \"A\" { Bind_Address = 10.0.0.1 Match_Domain = x.example }\nBinding \"B\" { Bind_Address = 10.0.0.2 Match_Domain = X.Example }", `t.conf:2:54: Match_Domain: x.example is already claimed by binding "A" at line 1`},
 		{"domain twice in binding", b("Match_Domain = x.example Match_Domain = x.example"), `is listed twice in this binding`},
 		{"bad domain", b("Match_Domain = a..example"), `Match_Domain: "a..example": not a domain name`},
+		{"U-label and A-label claimed twice", "Binding \"A\" { Bind_Address = 10.0.0.1 Match_Domain = müller.example }\nBinding \"B\" { Bind_Address = 10.0.0.2 Match_Domain = XN--MLLER-KVA.example. }", `t.conf:2:54: Match_Domain: müller.example (xn--mller-kva.example) is already claimed by binding "A" at line 1`},
+		{"IDN listed twice in binding", b("Match_Domain = müller.example Match_Domain = xn--mller-kva.example"), `is listed twice in this binding`},
+		{"invalid A-label", b("Match_Domain = xn--zz.example"), `Match_Domain: "xn--zz.example": not a domain name`},
+		{"disallowed rune", b("Match_Domain = \"\u202eevil.example\""), `not a domain name`},
+		{"domain with dollar", b("Match_Domain = $myorigin"), `not a domain name`},
+		{"domain with comma", b("Match_Domain = a.example,b.example"), `not a domain name`},
 		// host names and values
 		{"bad EHLO", b("EHLO_Hostname = -bad-.example"), `EHLO_Hostname: "-bad-.example": not a valid host name`},
 		{"EHLO with space", b(`EHLO_Hostname = "a b"`), `not a valid host name`},
+		{"EHLO attack from issue 10", b("EHLO_Hostname = \"[IPv6:fe80::1%x\\r-o\\rsmtp_bind_address=192.0.2.99\\r-o\\rsmtp_bind_address_enforce=no\\r-o\\rx=]\""), `t.conf:1:55: EHLO_Hostname: "[IPv6:fe80::1%xr-orsmtp_bind_address=192.0.2.99r-orsmtp_bind_address_enforce=nor-orx=]": not an address literal`},
+		{"EHLO attack with raw CRs", b("EHLO_Hostname = \"[IPv6:fe80::1%x\r-o\rsmtp_bind_address=192.0.2.99\r-o\rsmtp_bind_address_enforce=no\r-o\rx=]\""), `t.conf:1:71: EHLO_Hostname: control character U+000D is not allowed`},
+		{"EHLO zone", b(`EHLO_Hostname = "[IPv6:fe80::1%eth0]"`), `not an address literal`},
+		{"EHLO IPv6 without tag", b(`EHLO_Hostname = "[2001:db8::1]"`), `not an address literal`},
+		{"EHLO IPv4 with IPv6 tag", b(`EHLO_Hostname = "[IPv6:192.0.2.1]"`), `not an address literal`},
+		{"EHLO unclosed literal", b(`EHLO_Hostname = "[192.0.2.1"`), `not an address literal`},
+		{"EHLO dollar", b(`EHLO_Hostname = $myhostname`), `not a valid host name`},
+		{"EHLO braces", b(`EHLO_Hostname = "{a}"`), `not a valid host name`},
+		{"EHLO comma", b(`EHLO_Hostname = a.example,b.example`), `not a valid host name`},
 		{"bad MOC", b("Max_Outbound_Connections = many"), `Max_Outbound_Connections: "many": want a whole number from 0 to 10000`},
 		{"negative SMOC", b("Server_Max_Outbound_Connections = -1"), `Server_Max_Outbound_Connections: "-1"`},
 		{"bad bool", b("Suspend_Delivery = maybe"), `Suspend_Delivery: "maybe": want true or false`},
@@ -183,8 +323,23 @@ func TestParseErrors(t *testing.T) {
 		{"bad selection", `Binding_Group "G" { Selection = lru Binding "B" { Bind_Address = 10.0.0.2 } }`, `Selection: "lru": want sticky, random or round_robin`},
 		{"bad relay", b("Relay = \"[smarthost.example:587\""), `Relay: "[smarthost.example:587": missing ']'`},
 		{"relay with comma", b("Relay = a.example,b.example"), `Relay: "a.example,b.example"`},
+		{"relay zone", b(`Relay = "[fe80::1%eth0]:25"`), `Relay: "[fe80::1%eth0]:25": an address with a zone`},
+		{"relay zone injection", b(`Relay = "[fe80::1%x-o]"`), `an address with a zone`},
+		{"relay ipv6 tag on IPv4", b(`Relay = "[ipv6:192.0.2.1]"`), `[ipv6:...] needs an IPv6 address`},
+		{"relay dollar", b(`Relay = "$relayhost"`), `Relay: "$relayhost": not a host name`},
+		{"relay dollar in brackets", b(`Relay = "[$relayhost]"`), `not a host name or address inside [ ]`},
+		{"relay braces", b(`Relay = "{a}"`), `not a host name`},
+		{"relay junk after bracket", b(`Relay = "[a.example]x"`), `want [host]:port`},
+		{"relay bad port", b(`Relay = "a.example:0"`), `port must be from 1 to 65535`},
+		{"relay empty port", b(`Relay = "a.example:"`), `port must be a number or service name`},
+		{"relay port with dollar", b(`Relay = "[a.example]:$x"`), `port must be a number or service name`},
 		{"bad listen", "Milter_Listen = tcp:1.2.3.4:5", `Milter_Listen: "tcp:1.2.3.4:5": unknown socket type`},
 		{"relative unix", "Milter_Listen = unix:milter.sock", `needs an absolute path`},
+		{"unix path with dollar", "Milter_Listen = unix:/run/$x/milter.sock", `Milter_Listen: "unix:/run/$x/milter.sock": a unix socket needs an absolute path without spaces`},
+		{"unix path with comma", "Milter_Listen = unix:/run/a,inet:1.2.3.4:5", `a unix socket needs an absolute path`},
+		{"unix path with braces", "Milter_Listen = \"unix:/run/{a}\"", `a unix socket needs an absolute path`},
+		{"unix path with space", "Milter_Listen = \"unix:/run/a b\"", `a unix socket needs an absolute path`},
+		{"inet zone", "Milter_Listen = \"inet:[fe80::1%eth0]:8894\"", `an address with a zone cannot be written`},
 		{"bad port", "Milter_Listen = inet:127.0.0.1:99999", `port must be a number from 1 to 65535`},
 		{"bad header", "Binding_Header = X_Binding", `Binding_Header: "X_Binding": a header name`},
 		{"standard header", "Binding_Header = From", `is a standard header`},
@@ -193,6 +348,11 @@ func TestParseErrors(t *testing.T) {
 		{"bad on_milter_down", "On_Milter_Down = reject", `want accept or tempfail`},
 		{"bad body size", "Max_Body_Bytes = 2G", `Max_Body_Bytes: "2G": want a size`},
 		{"bad transport prefix", "Transport_Prefix = 1vip", `Transport_Prefix: "1vip"`},
+		{"transport prefix with dollar", "Transport_Prefix = $vip", `Transport_Prefix: "$vip"`},
+		{"binding named cleanup", `Binding "cleanup" { Bind_Address = 10.0.0.1 }`, `t.conf:1:9: Binding: name "cleanup" is reserved: vip_cleanup is a cleanup service`},
+		{"binding named filtered", `Binding_Group "G" { Binding "filtered" { Bind_Address = 10.0.0.1 } }`, `t.conf:1:29: Binding: name "filtered" is reserved: vip_filtered is a cleanup service`},
+		{"transport is stock smtp", "Transport_Prefix = s\nBinding \"mtp\" { Bind_Address = 10.0.0.1 }", `t.conf:2:9: Binding: name "mtp": its transport "smtp" (Transport_Prefix + name) is a stock Postfix service`},
+		{"transport is default", "Transport_Prefix = de\nBinding_Group \"G\" { Binding \"fault\" { Bind_Address = 10.0.0.1 } }", `t.conf:2:29: Binding: name "fault": its transport "default"`},
 		{"relative state dir", "State_Dir = state", `State_Dir: "state": want an absolute path`},
 		{"bad metrics", "Metrics_Listen = 9100", `Metrics_Listen: "9100": want host:port`},
 		{"script ok but value bad", "Sieve_Script = " + script + "\nOn_Policy_Error = x", `t.conf:2:19:`},
@@ -262,6 +422,8 @@ func FuzzParse(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte(`Binding "A" { Bind_Address = 10.0.0.1/24 Match_Domain = a.example EHLO_Hostname = __message__ }`))
 	f.Add([]byte("Binding_Group \"G\" { Selection = random Binding \"m\" { Bind_Address = ::1 Weight = 3 } }\n# c\n"))
+	f.Add([]byte(`Binding "A" { Bind_Address = 10.0.0.1 Relay = "[ipv6:2001:db8::1]:25" EHLO_Hostname = "[IPv6:2001:db8::2]" Match_Domain = "müller.example." }`))
+	f.Add([]byte("Milter_Listen = unix:/var/spool/postfix/m.sock\nBinding \"A\" { Bind_Address = 10.0.0.1 EHLO_Hostname = \"[192.0.2.1]\" Relay = a.example:smtp }"))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		cfg, err := Parse("f.conf", src)
 		if err != nil {
@@ -285,10 +447,25 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("binding %q without address", b.Name)
 			}
 			for _, d := range b.MatchDomains {
-				if cfg.MatchDomain(d) != b {
-					t.Fatalf("domain %q maps to the wrong binding", d)
+				if Domain(d) != d || cfg.MatchDomain(d) != b || cfg.MatchDomain(DomainUnicode(d)+".") != b {
+					t.Fatalf("domain %q is not canonical or maps to the wrong binding", d)
 				}
 			}
+			// Values written into MTA configuration: one word, taken
+			// literally by Postfix and Sendmail.
+			for what, v := range map[string]string{"name": b.Name, "EHLO": b.EHLOHostname, "relay": b.Relay, "domains": strings.Join(b.MatchDomains, "."), "transport": cfg.TransportPrefix + b.Name} {
+				if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune("${},%\"'\\#;=", r) }) {
+					t.Fatalf("binding %q: %s %q cannot be written into MTA configuration", b.Name, what, v)
+				}
+			}
+			for _, a := range b.Addresses {
+				if a.Addr().Zone() != "" {
+					t.Fatalf("binding %q: address %s has a zone", b.Name, a)
+				}
+			}
+		}
+		if l := cfg.MilterListen.String(); strings.ContainsFunc(l, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune("${},", r) }) {
+			t.Fatalf("Milter_Listen %q cannot be written into main.cf", l)
 		}
 		for _, g := range cfg.Groups {
 			if len(g.Members) == 0 {

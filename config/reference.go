@@ -23,6 +23,8 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 - Keywords are case-insensitive (` + "`bind_address`" + ` is ` + "`Bind_Address`" + `); binding and group
   names are case-sensitive.
 - Values may be bare or in double quotes (` + "`\\\"`" + ` and ` + "`\\\\`" + ` escape inside quotes).
+  No word or value may hold a control character (tab, CR, NUL, …) or malformed UTF-8:
+  values are written into MTA configuration, where those would be read differently.
 - ` + "`#`" + ` starts a comment that runs to the end of the line. Line breaks are ordinary
   white space, so several settings may share a line.
 - Settings that configure a binding may also be written at file level or in a
@@ -40,7 +42,7 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 		if k.Repeat && !k.Stanza {
 			where += " (repeatable)"
 		}
-		def := k.Default
+		def := k.defaultText()
 		if def == "" {
 			def = "—"
 		}
@@ -52,8 +54,8 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 			fmt.Fprintf(&b, "`%s \"name\" { ... }` — in: %s.\n\n", k.Name, k.Scopes)
 		} else {
 			fmt.Fprintf(&b, "`%s = ` %s — in: %s", k.Name, k.Values, k.Scopes)
-			if k.Default != "" {
-				fmt.Fprintf(&b, "; default %s", k.Default)
+			if def := k.defaultText(); def != "" {
+				fmt.Fprintf(&b, "; default %s", def)
 			}
 			b.WriteString(".\n\n")
 		}
@@ -61,4 +63,13 @@ uses Momentum's syntax: ` + "`Keyword = value`" + ` settings and ` + "`Keyword \
 		b.WriteString("\n")
 	}
 	return b.Bytes()
+}
+
+// defaultText is the Default column: the default value as code, or what
+// being unset means.
+func (k *keyword) defaultText() string {
+	if k.Default != "" {
+		return "`" + k.Default + "`"
+	}
+	return k.Unset
 }

@@ -6,8 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // This file turns the text of each setting into its typed value; every
@@ -44,14 +46,41 @@ func (d *decoder) bad(n *Node, format string, args ...any) {
 	d.errorf(n.ValuePos, n.Name, format, args...)
 }
 
-func parseBool(s string) (bool, bool) {
-	switch strings.ToLower(s) {
+// boolValue reads a boolean (true/yes/on/1, false/no/off/0), reporting
+// any other word.
+func (d *decoder) boolValue(n *Node) (v, ok bool) {
+	switch strings.ToLower(n.Value) {
 	case "true", "yes", "on", "1":
 		return true, true
 	case "false", "no", "off", "0":
 		return false, true
 	}
+	d.bad(n, "%q: want true or false", n.Value)
 	return false, false
+}
+
+// absPath reads an absolute path, cleaned, reporting a relative one.
+func (d *decoder) absPath(n *Node) (string, bool) {
+	if !filepath.IsAbs(n.Value) {
+		d.bad(n, "%q: want an absolute path", n.Value)
+		return "", false
+	}
+	return filepath.Clean(n.Value), true
+}
+
+// oneOf reads one of the words allowed (in any letter case), reporting
+// any other with why appended to the list of choices.
+func oneOf[T ~string](d *decoder, n *Node, why string, allowed ...T) (T, bool) {
+	v := T(strings.ToLower(n.Value))
+	if slices.Contains(allowed, v) {
+		return v, true
+	}
+	words := make([]string, len(allowed))
+	for i, a := range allowed {
+		words[i] = string(a)
+	}
+	d.bad(n, "%q: want %s or %s%s", n.Value, strings.Join(words[:len(words)-1], ", "), words[len(words)-1], why)
+	return "", false
 }
 
 func (d *decoder) intIn(n *Node, lo, hi int) (int, bool) {
@@ -88,9 +117,9 @@ func setSieveScript(d *decoder, n *Node, _ *values) {
 	d.cfg.SieveScript = path
 }
 
-// reservedHeaders are header fields a client legitimately sends: the milter
-// deletes every client copy of Binding_Header, so one of these would destroy
-// mail content.
+// reservedHeaders are header fields a client legitimately sends: the MTA
+// strips every copy of Binding_Header that lacks the key, so one of these
+// would destroy mail content.
 var reservedHeaders = map[string]bool{
 	"from": true, "to": true, "cc": true, "bcc": true, "subject": true, "date": true,
 	"message-id": true, "received": true, "return-path": true, "sender": true,
@@ -107,27 +136,21 @@ func setBindingHeader(d *decoder, n *Node, _ *values) {
 	}
 	l := strings.ToLower(n.Value)
 	if reservedHeaders[l] || strings.HasPrefix(l, "content-") || strings.HasPrefix(l, "resent-") || strings.HasPrefix(l, "list-") {
-		d.bad(n, "%q is a standard header that clients send; the milter deletes client copies of the binding header, so pick a private one such as X-Binding", n.Value)
+		d.bad(n, "%q is a standard header that clients send; the MTA strips client copies of the binding header, so pick a private one such as X-Binding", n.Value)
 		return
 	}
 	d.cfg.BindingHeader = n.Value
 }
 
 func setOnPolicyError(d *decoder, n *Node, _ *values) {
-	switch v := PolicyErrorAction(strings.ToLower(n.Value)); v {
-	case PolicyErrorDefault, PolicyErrorTempfail:
+	if v, ok := oneOf(d, n, "", PolicyErrorDefault, PolicyErrorTempfail); ok {
 		d.cfg.OnPolicyError = v
-	default:
-		d.bad(n, "%q: want default or tempfail", n.Value)
 	}
 }
 
 func setOnMilterDown(d *decoder, n *Node, _ *values) {
-	switch v := MilterDownAction(strings.ToLower(n.Value)); v {
-	case MilterDownAccept, MilterDownTempfail:
+	if v, ok := oneOf(d, n, " (reject would refuse all mail while the milter is down)", MilterDownAccept, MilterDownTempfail); ok {
 		d.cfg.OnMilterDown = v
-	default:
-		d.bad(n, "%q: want accept or tempfail (reject would refuse all mail while the milter is down)", n.Value)
 	}
 }
 
@@ -149,6 +172,20 @@ func setMaxBodyBytes(d *decoder, n *Node, _ *values) {
 		return
 	}
 	d.cfg.MaxBodyBytes = v * mult
+}
+
+// sizeText writes a byte count the way Max_Body_Bytes reads it: with the
+// largest binary suffix that divides it exactly.
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 func setInterface(d *decoder, n *Node, v *values) {
@@ -180,12 +217,9 @@ func setTransportPrefix(d *decoder, n *Node, _ *values) {
 }
 
 func setKeepHeader(d *decoder, n *Node, _ *values) {
-	b, ok := parseBool(n.Value)
-	if !ok {
-		d.bad(n, "%q: want true or false", n.Value)
-		return
+	if b, ok := d.boolValue(n); ok {
+		d.cfg.KeepHeader = b
 	}
-	d.cfg.KeepHeader = b
 }
 
 func setMetricsListen(d *decoder, n *Node, _ *values) {
@@ -206,19 +240,15 @@ func setMetricsListen(d *decoder, n *Node, _ *values) {
 }
 
 func setStateDir(d *decoder, n *Node, _ *values) {
-	if !filepath.IsAbs(n.Value) {
-		d.bad(n, "%q: want an absolute path", n.Value)
-		return
+	if p, ok := d.absPath(n); ok {
+		d.cfg.StateDir = p
 	}
-	d.cfg.StateDir = filepath.Clean(n.Value)
 }
 
 func setHeaderKeyFile(d *decoder, n *Node, _ *values) {
-	if !filepath.IsAbs(n.Value) {
-		d.bad(n, "%q: want an absolute path", n.Value)
-		return
+	if p, ok := d.absPath(n); ok {
+		d.cfg.HeaderKeyFile = p
 	}
-	d.cfg.HeaderKeyFile = filepath.Clean(n.Value)
 }
 
 func setSelection(d *decoder, n *Node, v *values) {
@@ -277,32 +307,56 @@ func setEHLO(d *decoder, n *Node, v *values) {
 		v.ehlo.put(EHLOHostname)
 	case strings.EqualFold(s, EHLOMessage):
 		v.ehlo.put(EHLOMessage)
-	case strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]"):
-		lit := strings.TrimPrefix(s[1:len(s)-1], "IPv6:")
-		if _, err := netip.ParseAddr(lit); err != nil {
-			d.bad(n, "%q: not an address literal", s)
+	case strings.HasPrefix(s, "["):
+		lit, ok := addressLiteral(s)
+		if !ok {
+			d.bad(n, "%q: not an address literal (want [192.0.2.1] or [IPv6:2001:db8::1], RFC 5321 §4.1.3, without a zone)", s)
 			return
 		}
-		v.ehlo.put(s)
+		v.ehlo.put(lit)
 	case ValidHostname(s):
 		v.ehlo.put(s)
 	default:
-		d.bad(n, "%q: not a valid host name (want __hostname__, __message__ or a name like mta1.example.com)", s)
+		// An internationalized name greets in its A-label form (RFC 6531
+		// §3.7.1: EHLO carries no U-labels).
+		if a, ok := canonicalDomain(s); ok && strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf }) {
+			v.ehlo.put(a)
+			return
+		}
+		d.bad(n, "%q: not a valid host name (want __hostname__, __message__, a name like mta1.example.com or an address literal like [192.0.2.1])", s)
 	}
+}
+
+// addressLiteral checks an RFC 5321 §4.1.3 address literal, "[IPv4]" or
+// "[IPv6:addr]", and returns it in canonical form. IPv6 zones are refused:
+// they are not part of the SMTP syntax, and netip accepts any text there.
+func addressLiteral(s string) (string, bool) {
+	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+		return "", false
+	}
+	in, tagged := s[1:len(s)-1], false
+	if len(in) > 5 && strings.EqualFold(in[:5], "IPv6:") {
+		in, tagged = in[5:], true
+	}
+	a, err := netip.ParseAddr(in)
+	if err != nil || a.Zone() != "" || a.Is6() != tagged {
+		return "", false
+	}
+	if tagged {
+		return "[IPv6:" + a.String() + "]", true
+	}
+	return "[" + a.String() + "]", true
 }
 
 func setSuspend(d *decoder, n *Node, v *values) {
-	b, ok := parseBool(n.Value)
-	if !ok {
-		d.bad(n, "%q: want true or false", n.Value)
-		return
+	if b, ok := d.boolValue(n); ok {
+		v.suspend.put(b)
 	}
-	v.suspend.put(b)
 }
 
 func setMatchDomain(d *decoder, n *Node, v *values) {
-	dom := strings.ToLower(strings.TrimSuffix(n.Value, "."))
-	if !ValidHostname(dom) {
+	dom, ok := canonicalDomain(n.Value)
+	if !ok {
 		d.bad(n, "%q: not a domain name", n.Value)
 		return
 	}
@@ -330,8 +384,11 @@ func setRelay(d *decoder, n *Node, v *values) {
 	v.relay.put(n.Value)
 }
 
-// checkRelay accepts the next-hop forms Postfix's smtp client understands:
-// host, host:port, [host], [host]:port, [addr] and [ipv6:addr].
+// checkRelay accepts the next-hop forms Postfix's smtp client understands
+// (smtp(8), transport(5)): host, host:port, [host], [host]:port, [addr],
+// [ipv6:addr] and those with :port. Hosts are LDH host names and addresses
+// have no zone, so the value can stand in a table's right-hand side and
+// after "FILTER transport:" without being split or expanded.
 func checkRelay(s string) string {
 	host, port := s, ""
 	if strings.HasPrefix(s, "[") {
@@ -344,11 +401,18 @@ func checkRelay(s string) string {
 			return "want [host]:port"
 		}
 		port = strings.TrimPrefix(port, ":")
-		lit := host
+		lit, tagged := host, false
 		if len(lit) > 5 && strings.EqualFold(lit[:5], "ipv6:") {
-			lit = lit[5:]
+			lit, tagged = lit[5:], true
 		}
-		if _, err := netip.ParseAddr(lit); err != nil && !ValidHostname(host) {
+		if a, err := netip.ParseAddr(lit); err == nil {
+			if a.Zone() != "" {
+				return "an address with a zone cannot be written into Postfix's configuration"
+			}
+			if tagged && !a.Is6() {
+				return "[ipv6:...] needs an IPv6 address"
+			}
+		} else if tagged || !ValidHostname(host) {
 			return "not a host name or address inside [ ]"
 		}
 	} else {

@@ -2,6 +2,7 @@ package postfix
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,13 +11,28 @@ import (
 	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
+// testConfig loads a binding file that declares bindings, written out as
+// text so the Config is one that config.Parse accepted, as Render expects.
 func testConfig(bindings ...*config.Binding) *config.Config {
-	c := &config.Config{
-		File: "/etc/vipmilter/vipmilter.conf", MilterListen: config.MustParseListen("inet:127.0.0.1:8894"),
-		BindingHeader: "X-Binding", OnMilterDown: config.MilterDownAccept, TransportPrefix: "vip_",
-		Bindings: bindings,
+	var src strings.Builder
+	for _, b := range bindings {
+		fmt.Fprintf(&src, "Binding %q {\n", b.Name)
+		for _, a := range b.Addresses {
+			fmt.Fprintf(&src, "  Bind_Address = %s\n", a)
+		}
+		for _, d := range b.MatchDomains {
+			fmt.Fprintf(&src, "  Match_Domain = %q\n", d)
+		}
+		if b.Relay != "" {
+			fmt.Fprintf(&src, "  Relay = %q\n", b.Relay)
+		}
+		fmt.Fprintf(&src, "  EHLO_Hostname = %q\n  Max_Outbound_Connections = %d\n  Server_Max_Outbound_Connections = %d\n  Suspend_Delivery = %t\n}\n",
+			b.EHLOHostname, b.MaxOutboundConnections, b.ServerMaxOutboundConnections, b.SuspendDelivery)
 	}
-	c.Index()
+	c, err := config.Parse("/etc/vipmilter/vipmilter.conf", []byte(src.String()))
+	if err != nil {
+		panic(fmt.Sprintf("test binding file does not load: %v\n%s", err, src.String()))
+	}
 	return c
 }
 

@@ -15,15 +15,20 @@ import (
 // benchPolicy builds n bindings b0..b(n-1), n rules alternating header and
 // envelope-domain tests, and `domains` Match_Domain entries on the bindings.
 func benchPolicy(b *testing.B, rules, domains int) *Policy {
-	cfg := &config.Config{OnPolicyError: config.PolicyErrorDefault}
-	cfg.Bindings = append(cfg.Bindings, &config.Binding{Name: "default", Weight: 1})
+	var src strings.Builder
+	src.WriteString("Binding \"default\" { }\n")
 	nb := max(rules, 1)
-	for i := range nb {
-		cfg.Bindings = append(cfg.Bindings, &config.Binding{Name: fmt.Sprintf("b%d", i), Weight: 1})
-	}
+	domainsOf := make([][]string, nb)
 	for i := range domains {
-		bd := cfg.Bindings[1+i%nb]
-		bd.MatchDomains = append(bd.MatchDomains, fmt.Sprintf("d%d.example", i))
+		domainsOf[i%nb] = append(domainsOf[i%nb], fmt.Sprintf("d%d.example", i))
+	}
+	for i := range nb {
+		n := i + 1
+		fmt.Fprintf(&src, "Binding \"b%d\" { Bind_Address = 10.%d.%d.%d", i, n>>16&255, n>>8&255, n&255)
+		for _, d := range domainsOf[i] {
+			fmt.Fprintf(&src, " Match_Domain = %s", d)
+		}
+		src.WriteString(" }\n")
 	}
 	if rules > 0 {
 		var s strings.Builder
@@ -39,9 +44,12 @@ func benchPolicy(b *testing.B, rules, domains int) *Policy {
 		if err := os.WriteFile(p, []byte(s.String()), 0o644); err != nil {
 			b.Fatal(err)
 		}
-		cfg.SieveScript = p
+		fmt.Fprintf(&src, "Sieve_Script = %q\n", p)
 	}
-	cfg.Index()
+	cfg, err := config.Parse(filepath.Join(b.TempDir(), "vipmilter.conf"), []byte(src.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
 	pol, err := New(cfg, Options{})
 	if err != nil {
 		b.Fatal(err)

@@ -13,32 +13,33 @@ import (
 	"github.com/vipmilter/vipmilter/config"
 )
 
-// testConfig builds a Config by hand: bindings "default" (optional), A
+// testConfig loads a binding file with bindings "default" (optional), A
 // (Match_Domain a.example), B, C, and group G {G1 weight 3, G2}.
 func testConfig(t testing.TB, script string, withDefault bool, onErr config.PolicyErrorAction) *config.Config {
 	t.Helper()
-	cfg := &config.Config{OnPolicyError: onErr, MaxBodyBytes: 1 << 20}
-	add := func(b *config.Binding) *config.Binding { cfg.Bindings = append(cfg.Bindings, b); return b }
-	if withDefault {
-		add(&config.Binding{Name: "default", Weight: 1})
-	}
-	add(&config.Binding{Name: "A", Weight: 1, MatchDomains: []string{"a.example"}})
-	add(&config.Binding{Name: "B", Weight: 1})
-	add(&config.Binding{Name: "C", Weight: 1})
-	g := &config.Group{Name: "G", Selection: config.SelectSticky}
-	g.Members = []*config.Binding{
-		add(&config.Binding{Name: "G1", Weight: 3, Group: g}),
-		add(&config.Binding{Name: "G2", Weight: 1, Group: g}),
-	}
-	cfg.Groups = append(cfg.Groups, g)
+	src := fmt.Sprintf("On_Policy_Error = %s\n", onErr)
 	if script != "" {
 		p := filepath.Join(t.TempDir(), "policy.sieve")
 		if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cfg.SieveScript = p
+		src += fmt.Sprintf("Sieve_Script = %q\n", p)
 	}
-	cfg.Index()
+	if withDefault {
+		src += `Binding "default" { }` + "\n"
+	}
+	src += `Binding "A" { Bind_Address = 192.0.2.1 Match_Domain = a.example }
+Binding "B" { Bind_Address = 192.0.2.2 }
+Binding "C" { Bind_Address = 192.0.2.3 }
+Binding_Group "G" {
+  Binding "G1" { Bind_Address = 192.0.2.4 Weight = 3 }
+  Binding "G2" { Bind_Address = 192.0.2.5 }
+}
+`
+	cfg, err := config.Parse(filepath.Join(t.TempDir(), "vipmilter.conf"), []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
 	return cfg
 }
 

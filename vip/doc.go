@@ -1,9 +1,17 @@
-// Package vip makes binding addresses real on the host: it adds every
-// Bind_Address of a binding file to its interface over netlink (and records
-// which ones it added, so pruning never touches a foreign address), watches
-// for addresses that disappear, asks the kernel whether each address can
-// route to the world, and tells the milter which bindings are live.
+// Package vip keeps binding addresses bindable on the host and says which
+// are. It adds every Bind_Address of a binding file to its interface over
+// netlink (recording the ones it added, so pruning never touches a foreign
+// address), re-adds one that disappears, asks the kernel whether each can
+// route to the world, and tells the milter which bindings are live. An
+// address counts as present when it is on an interface or a local route
+// covers it (127.0.0.0/8 on lo, an AnyIP prefix): the kernel lets a socket
+// bind it.
 //
-// Address plumbing, ownership records, the watcher, route checks and
-// presence tracking live in files of their own.
+// Files: provision.go (Provisioner, Want, Result), plan.go (the pure
+// decision of what a run does, shared by dry and real runs), request.go
+// (kernel requests), host.go (reading the host: addresses, interfaces,
+// local routes, the bindability rule), state.go (ownership record),
+// events.go (the one address and route event subscription), watch.go
+// (provision --watch), presence.go (the milter's view), routes.go (check
+// --routes).
 package vip

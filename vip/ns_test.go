@@ -1,9 +1,13 @@
 package vip
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
+	"sync"
 	"testing"
 
 	"github.com/vishvananda/netns"
@@ -69,4 +73,54 @@ func newProv(t *testing.T, n *testNS, dir string, log *slog.Logger) *Provisioner
 	}
 	t.Cleanup(p.Close)
 	return p
+}
+
+// eventually is testenv.Eventually: poll cond until it holds; the deadline
+// only bounds a hung test, it is not a performance assertion.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	testenv.Eventually(t, what, cond)
+}
+
+// syncBuffer is a bytes.Buffer the watcher's goroutine and the test can
+// share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// canBind reports whether a TCP socket inside the namespace can bind a:
+// the kernel's own answer that presence and provisioning must agree with.
+func (n *testNS) canBind(t *testing.T, a netip.Addr) bool {
+	t.Helper()
+	ok := false
+	n.in(t, func() {
+		l, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+		if err == nil {
+			l.Close()
+			ok = true
+		}
+	})
+	return ok
+}
+
+// sysctl sets a sysctl inside the namespace, e.g.
+// "net/ipv6/ip_nonlocal_bind", "1".
+func (n *testNS) sysctl(t *testing.T, key, value string) {
+	t.Helper()
+	if _, err := n.Run(context.Background(), "sh", "-c", "echo "+value+" > /proc/sys/"+key); err != nil {
+		t.Fatalf("sysctl %s=%s: %v", key, value, err)
+	}
 }

@@ -39,7 +39,8 @@ func (r RouteResult) String() string {
 
 // CheckRoutes asks the kernel, for every wanted address, which route a
 // packet from it to the probe of its family would take ("ip route get PROBE
-// from ADDR"). It reports addresses that are not on the host, have no route,
+// from ADDR"). It reports addresses the host cannot bind (neither on an
+// interface nor covered by a local route, as for Presence), have no route,
 // or whose route leaves by another interface than the binding's.
 func (p *Provisioner) CheckRoutes(wants []Want, probes []netip.Addr) []RouteResult {
 	p.mu.Lock()
@@ -47,17 +48,35 @@ func (p *Provisioner) CheckRoutes(wants []Want, probes []netip.Addr) []RouteResu
 	var rs []RouteResult
 	// The kernel answers a lookup from a foreign source address with
 	// EINVAL or ENETUNREACH depending on the routes; checking presence
-	// first gives the administrator the real cause.
-	ha, dumpErr := p.dump()
+	// first (by the rule the milter and provision use) gives the
+	// administrator the real cause.
+	hs, err := readHost(p.h)
+	if err == nil {
+		err = hs.readLocal(p.h, p.ns)
+	}
 	for _, w := range wants {
 		r := RouteResult{Want: w}
-		if dumpErr == nil && len(ha.byAddr[w.Prefix.Addr()]) == 0 {
-			r.Err = errors.New("the address is not configured on this host (run vipmilter provision)")
+		a := w.Prefix.Addr()
+		if err != nil {
+			r.Err = err
 			rs = append(rs, r)
 			continue
 		}
+		if len(hs.addrs[a]) == 0 {
+			lr, covered, ok := bindable(a, hs.local, hs.nonlocal6, false)
+			switch {
+			case covered && !ok:
+				r.Err = errors.New(unbindable6(lr, hs) + " (or run vipmilter provision)")
+			case !ok:
+				r.Err = errors.New("the address is not configured on this host (run vipmilter provision)")
+			}
+			if r.Err != nil {
+				rs = append(rs, r)
+				continue
+			}
+		}
 		for _, pr := range probes {
-			if pr.Is4() == w.Prefix.Addr().Is4() {
+			if pr.Is4() == a.Is4() {
 				r.Probe = pr
 				break
 			}
@@ -67,21 +86,22 @@ func (p *Provisioner) CheckRoutes(wants []Want, probes []netip.Addr) []RouteResu
 			rs = append(rs, r)
 			continue
 		}
-		routes, err := p.h.RouteGetWithOptions(net.IP(r.Probe.AsSlice()), &netlink.RouteGetOptions{SrcAddr: net.IP(w.Prefix.Addr().AsSlice())})
+		routes, rerr := p.h.RouteGetWithOptions(net.IP(r.Probe.AsSlice()), &netlink.RouteGetOptions{SrcAddr: net.IP(a.AsSlice())})
 		switch {
-		case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH):
+		case errors.Is(rerr, unix.ENETUNREACH), errors.Is(rerr, unix.EHOSTUNREACH):
 			r.Err = errors.New("no route: mail from this address cannot leave")
-		case errors.Is(err, unix.EINVAL):
+		case errors.Is(rerr, unix.EINVAL) && a.IsLoopback():
+			// The kernel never routes a loopback source off the host.
+			r.Err = errors.New("a loopback address: mail from it cannot leave this host")
+		case errors.Is(rerr, unix.EINVAL):
 			r.Err = errors.New("the address is not configured on this host (run vipmilter provision)")
-		case err != nil:
-			r.Err = explain(err, "route lookup")
+		case rerr != nil:
+			r.Err = explain(rerr, "route lookup")
 		case len(routes) == 0:
 			r.Err = errors.New("no route")
 		default:
 			rt := routes[0]
-			if lk, err := p.h.LinkByIndex(rt.LinkIndex); err == nil {
-				r.Via = lk.Attrs().Name
-			}
+			r.Via = hs.linkName(rt.LinkIndex)
 			if gw, ok := netip.AddrFromSlice(rt.Gw); ok {
 				r.Gw = gw.Unmap()
 			}

@@ -20,8 +20,15 @@ func TestCheckRoutes(t *testing.T) {
 		want("Good6", "eth0", "2001:db8::10/128"),
 		want("WrongIf", "eth1", "192.0.2.20/32"),
 		want("Missing", "eth0", "192.0.2.30/32"),
+		want("Loop", "eth0", "127.0.0.6/32"),
+		want("Any6", "eth0", "2001:db8:100::5/128"),
+		want("Any6NoBind", "eth0", "2001:db8:200::5/128"),
 	}
-	if _, err := p.Ensure(ws[:3], false); err != nil {
+	// AnyIP: 2001:db8:100::/64 binds (ip_nonlocal_bind=1); 2001:db8:200::/64
+	// has a local route too, but is checked after the sysctl is back to 0.
+	n.sysctl(t, "net/ipv6/ip_nonlocal_bind", "1")
+	ip(t, "-n", n.name, "-6", "route", "add", "local", "2001:db8:100::/64", "dev", "lo")
+	if _, err := p.Provision(ws[:3], Options{}); err != nil {
 		t.Fatal(err)
 	}
 	rs := p.CheckRoutes(ws, DefaultProbes)
@@ -32,6 +39,8 @@ func TestCheckRoutes(t *testing.T) {
 		{"Good6", "", "via 2001:db8:99::254 dev eth0"},
 		{"WrongIf", "route leaves via eth0, not the binding's interface eth1", ""},
 		{"Missing", "not configured on this host", ""},
+		{"Loop", "a loopback address: mail from it cannot leave this host", ""},
+		{"Any6", "", "via 2001:db8:99::254 dev eth0"},
 	}
 	for i, c := range cases {
 		r := rs[i]
@@ -46,6 +55,19 @@ func TestCheckRoutes(t *testing.T) {
 		case c.via != "" && !strings.Contains(r.String(), c.via):
 			t.Errorf("%s: %s, want %q", c.binding, r, c.via)
 		}
+	}
+
+	if len(rs) != len(ws) {
+		t.Fatalf("%d results for %d addresses", len(rs), len(ws))
+	}
+	if r := rs[len(ws)-1]; r.Err == nil || !strings.Contains(r.Err.Error(), "not configured on this host") {
+		t.Errorf("Any6NoBind (no local route): %v", r)
+	}
+	ip(t, "-n", n.name, "-6", "route", "add", "local", "2001:db8:200::/64", "dev", "lo")
+	n.sysctl(t, "net/ipv6/ip_nonlocal_bind", "0")
+	rs = p.CheckRoutes(ws[len(ws)-1:], DefaultProbes)
+	if r := rs[0]; r.Err == nil || !strings.Contains(r.Err.Error(), "ip_nonlocal_bind=1") {
+		t.Errorf("Any6NoBind (local route, ip_nonlocal_bind=0): %v", r)
 	}
 
 	// Without a default route the binding cannot deliver at all.

@@ -1,42 +1,18 @@
 package vip
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 )
-
-// eventually polls cond until it holds or a generous deadline passes. The
-// deadline only bounds a hung test; it is not a performance assertion.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func TestProvisionWatchReaddsDeletedAddress(t *testing.T) {
 	n := newTestNS(t)
 	p := newProv(t, n, t.TempDir(), slog.New(slog.DiscardHandler))
 	ws := []Want{want("Example", "eth0", "192.0.2.10/32"), want("Example", "eth0", "2001:db8::10/128")}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	errc := make(chan error, 1)
-	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
-	select {
-	case <-ready:
-	case err := <-errc:
-		t.Fatal(err)
-	}
+	stop := startWatch(t, p, ws)
 	has := func(s string) func() bool {
 		return func() bool { return strings.Contains(n.addrs(t, "eth0"), s) }
 	}
@@ -47,10 +23,7 @@ func TestProvisionWatchReaddsDeletedAddress(t *testing.T) {
 	}
 	ip(t, "-n", n.name, "addr", "flush", "dev", "eth0")
 	eventually(t, "re-added after ip addr flush", func() bool { return has("192.0.2.10/32")() && has("2001:db8::10/128")() })
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatalf("watch returned %v", err)
-	}
+	stop()
 }
 
 // TestProvisionWatchSurvivesFlush: "ip addr flush" of thousands of binding
@@ -65,7 +38,45 @@ func TestProvisionWatchSurvivesFlush(t *testing.T) {
 	for i := range 2000 {
 		ws = append(ws, want(fmt.Sprintf("b%d", i), "eth0", fmt.Sprintf("10.77.%d.%d/32", i/250, i%250+1)))
 	}
+	stop := startWatch(t, p, ws)
+	count := func() int { return strings.Count(n.addrs(t, "eth0"), "inet 10.77.") }
+	if c := count(); c != len(ws) {
+		t.Fatalf("after the first pass %d addresses, want %d", c, len(ws))
+	}
+	ip(t, "-n", n.name, "addr", "flush", "dev", "eth0")
+	eventually(t, "every address back after the flush", func() bool { return count() == len(ws) })
+	stop()
+	if !strings.Contains(logs.String(), "disappeared; added it again") {
+		t.Errorf("no log line says an address was re-added:\n%.2000s", logs.String())
+	}
+	t.Logf("events lost and resubscribed: %v", strings.Contains(logs.String(), "address events lost"))
+}
+
+// TestProvisionWatchLocalRouteRemoved: a binding address covered by a
+// local route is left alone; when the route goes, the watcher adds the
+// address to its interface.
+func TestProvisionWatchLocalRouteRemoved(t *testing.T) {
+	n := newTestNS(t)
+	ip(t, "-n", n.name, "route", "add", "local", "198.51.100.0/24", "dev", "lo")
+	p := newProv(t, n, t.TempDir(), slog.New(slog.DiscardHandler))
+	ws := []Want{want("Any", "eth0", "198.51.100.7/32")}
+	stop := startWatch(t, p, ws)
+	if strings.Contains(n.addrs(t, "eth0"), "198.51.100.7") {
+		t.Fatal("a covered address was added")
+	}
+	ip(t, "-n", n.name, "route", "del", "local", "198.51.100.0/24", "dev", "lo")
+	eventually(t, "the address added once its local route went", func() bool {
+		return strings.Contains(n.addrs(t, "eth0"), "198.51.100.7/32")
+	})
+	stop()
+}
+
+// startWatch runs p.Watch on ws and returns once its first pass has run;
+// stop ends it and fails the test if Watch returned an error.
+func startWatch(t *testing.T, p *Provisioner, ws []Want) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	ready := make(chan struct{})
 	errc := make(chan error, 1)
 	go func() { errc <- p.Watch(ctx, func() []Want { return ws }, func() { close(ready) }) }()
@@ -74,37 +85,11 @@ func TestProvisionWatchSurvivesFlush(t *testing.T) {
 	case err := <-errc:
 		t.Fatal(err)
 	}
-	count := func() int { return strings.Count(n.addrs(t, "eth0"), "inet 10.77.") }
-	if c := count(); c != len(ws) {
-		t.Fatalf("after the first pass %d addresses, want %d", c, len(ws))
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("watch returned %v", err)
+		}
 	}
-	ip(t, "-n", n.name, "addr", "flush", "dev", "eth0")
-	eventually(t, "every address back after the flush", func() bool { return count() == len(ws) })
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatalf("watch returned %v", err)
-	}
-	if !strings.Contains(logs.String(), "disappeared; added it again") {
-		t.Errorf("no log line says an address was re-added:\n%.2000s", logs.String())
-	}
-	t.Logf("events lost and resubscribed: %v", strings.Contains(logs.String(), "address events lost"))
-}
-
-// syncBuffer is a bytes.Buffer the watcher's goroutine and the test can
-// share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

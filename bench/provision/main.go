@@ -101,7 +101,7 @@ func timeVipmilter(ws []vip.Want) (first, noop time.Duration, err error) {
 		return nil
 	}
 	start := time.Now()
-	rs, err := p.Ensure(ws, false)
+	rs, err := p.Provision(ws, vip.Options{})
 	first = time.Since(start)
 	if err == nil {
 		err = check(rs, vip.Added)
@@ -110,7 +110,7 @@ func timeVipmilter(ws []vip.Want) (first, noop time.Duration, err error) {
 		return 0, 0, err
 	}
 	start = time.Now()
-	rs, err = p.Ensure(ws, false)
+	rs, err = p.Provision(ws, vip.Options{})
 	noop = time.Since(start)
 	if err == nil {
 		err = check(rs, vip.Present)

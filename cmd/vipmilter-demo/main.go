@@ -35,6 +35,7 @@ func run() int {
 	keep := flag.Bool("keep", false, "keep the work directory (maillog, Postfix config, sink dumps)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	slog.SetDefault(log) // library lines in the same format
 
 	if err := prerequisites(); err != nil {
 		fmt.Fprintf(os.Stderr, "vipmilter-demo: %v\n", err)

@@ -36,9 +36,6 @@ func cmdCheck(c *cli, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return &exitError{code: 2, err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
 	cfg, pol, err := loadPolicy(*path)
 	if err != nil {
 		printErrors(c.stderr, err)
@@ -58,7 +55,7 @@ func cmdCheck(c *cli, args []string) error {
 
 // loadPolicy loads the binding file and compiles its script.
 func loadPolicy(path string) (*config.Config, *sieve.Policy, error) {
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,14 +68,22 @@ func loadPolicy(path string) (*config.Config, *sieve.Policy, error) {
 
 // printErrors prints one error a line, unfolding a config.ErrorList.
 func printErrors(w io.Writer, err error) {
+	for _, e := range unfold(err) {
+		fmt.Fprintf(w, "error: %v\n", e)
+	}
+}
+
+// unfold returns the errors of a config.ErrorList, else err alone.
+func unfold(err error) []error {
 	var list config.ErrorList
 	if errors.As(err, &list) {
-		for _, e := range list {
-			fmt.Fprintf(w, "error: %v\n", e)
+		out := make([]error, len(list))
+		for i, e := range list {
+			out[i] = e
 		}
-		return
+		return out
 	}
-	fmt.Fprintf(w, "error: %v\n", err)
+	return []error{err}
 }
 
 func summarize(w io.Writer, cfg *config.Config, pol *sieve.Policy) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/postfix"
 )
 
@@ -35,7 +34,7 @@ func cmdPostfix(c *cli, args []string) error {
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return &exitError{1, err}
 	}

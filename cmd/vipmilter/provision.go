@@ -5,13 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"strconv"
 	"sync"
-	"syscall"
-
-	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/vip"
@@ -22,21 +16,29 @@ const provisionHelp = `Put every binding address on the host, over netlink.
 provision adds each Bind_Address to its interface (Interface, globally or
 per binding) with the prefix length of Bind_Prefix / Bind_Prefix6 (default
 /32 and /128) unless the address says "addr/len". An address already there
-is left alone, so running it again changes nothing. IPv6 addresses are
-added without duplicate address detection so Postfix can bind them at once.
+is left alone, so running it again changes nothing; so is an address a
+local route already makes bindable (127.0.0.0/8 on lo, an AnyIP prefix
+such as "ip -6 route add local 2001:db8:100::/64 dev lo"): it prints
+"covered" and the route. IPv6 addresses are added without duplicate
+address detection so Postfix can bind them at once.
 
-It prints one line per address (added, present, would add, removed, error)
-and a summary, and exits 1 if any declared address could not be ensured
-(missing interface, address already on another interface, no permission).
+It prints one line per address (added, present, covered, would add,
+removed, forgotten, error) and a summary, and exits 1 if any declared
+address could not be ensured (missing interface, address already on
+another interface, no permission).
 
 Ownership: the addresses it adds are recorded in State_Dir
 (provisioned.json) and IPv4 ones carry the label IFACE:vip. --prune removes
 addresses it added that the file no longer declares, and nothing else:
-never the host's primary address or any address someone else configured.
+never the host's primary address or any address someone else configured
+(an IPv4 address it added that now lacks the label was configured again by
+hand: it is "forgotten", left alone and dropped from the record).
 
---dry-run changes nothing. --watch stays running: it re-adds a binding
-address that disappears (network manager restart, ip addr flush), tells
-systemd when ready (Type=notify) and re-reads the file on SIGHUP.
+--dry-run changes nothing and prints the plan the real run would carry
+out (would add, would remove, would forget). --watch stays running: it
+re-adds a binding address that disappears (network manager restart, ip
+addr flush, its local route removed), tells systemd when ready
+(Type=notify) and re-reads the file on SIGHUP.
 
 Needs CAP_NET_ADMIN (root, or vipmilter-provision.service).`
 
@@ -47,8 +49,16 @@ func cmdProvision(c *cli, args []string) error {
 	prune := fs.Bool("prune", false, "also remove addresses vipmilter added that the file no longer declares")
 	watch := fs.Bool("watch", false, "stay running and re-add binding addresses that disappear")
 	stateDir := fs.String("state-dir", "", "record owned addresses in `DIR` instead of the file's State_Dir")
+	newLog := logFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	log, err := newLog()
+	if err != nil {
+		return err
+	}
+	if *watch {
+		c = c.logged(log) // a daemon: its result lines are log lines too
 	}
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
@@ -56,7 +66,7 @@ func cmdProvision(c *cli, args []string) error {
 	if *watch && *dry {
 		return &exitError{2, errors.New("--watch and --dry-run exclude each other")}
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := loadConfig(*path)
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{1, errors.New("")}
@@ -64,7 +74,7 @@ func cmdProvision(c *cli, args []string) error {
 	if *stateDir != "" {
 		cfg.StateDir = *stateDir
 	}
-	p, err := vip.NewProvisioner(nil, cfg.StateDir, slog.New(slog.NewTextHandler(c.stderr, nil)))
+	p, err := vip.NewProvisioner(nil, cfg.StateDir, log)
 	if err != nil {
 		return err
 	}
@@ -79,27 +89,17 @@ func cmdProvision(c *cli, args []string) error {
 		}
 		return nil
 	}
-	return provisionWatch(c, p, *path, cfg, *prune)
+	return provisionWatch(c, log, p, *path, cfg, *prune)
 }
 
 // provisionOnce prints one line per address and a summary; failed is true
-// when any declared address is not on the host.
+// when any declared address is not on the host. A dry run prints the plan
+// the real run would carry out.
 func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bool) (failed bool, err error) {
-	wants := vip.Wants(cfg)
-	// Prune first: a binding address moved to another interface is then
-	// removed from the old one before Ensure adds it to the new one, in
-	// one run.
-	var pruned []vip.Result
-	if prune {
-		if pruned, err = p.Prune(wants, dry); err != nil {
-			return true, err
-		}
-	}
-	rs, err := p.Ensure(wants, dry)
+	rs, err := p.Provision(vip.Wants(cfg), vip.Options{Prune: prune, DryRun: dry})
 	if err != nil {
 		return true, err
 	}
-	rs = append(rs, pruned...)
 	for _, r := range rs {
 		fmt.Fprintln(c.stdout, r)
 		failed = failed || r.Status == vip.Failed
@@ -108,8 +108,7 @@ func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bo
 	return failed, nil
 }
 
-func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config, prune bool) error {
-	log := slog.New(slog.NewTextHandler(c.stderr, nil))
+func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, cfg *config.Config, prune bool) error {
 	var mu sync.Mutex
 	current := vip.Wants(cfg)
 	wants := func() []vip.Want {
@@ -117,34 +116,19 @@ func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config,
 		defer mu.Unlock()
 		return current
 	}
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	errc := make(chan error, 1)
-	go func() {
-		errc <- p.Watch(ctx, wants, func() {
-			daemon.SdNotify(false, daemon.SdNotifyReady)
-			log.Info("watching binding addresses", "addresses", len(wants()))
-		})
-	}()
-	for {
-		select {
-		case err := <-errc:
-			return err
-		case s := <-sigs:
-			if s != syscall.SIGHUP {
-				daemon.SdNotify(false, daemon.SdNotifyStopping)
-				stop()
-				return <-errc
-			}
-			daemon.SdNotify(false, daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
-			next, err := config.Load(path)
+	return runDaemon(log, service{
+		name: "provisioner",
+		run: func(ctx context.Context, ready func()) error {
+			return p.Watch(ctx, wants, func() {
+				ready()
+				log.Info("watching binding addresses", "addresses", len(wants()))
+			})
+		},
+		reload: func() {
+			next, err := loadConfig(path)
 			if err != nil {
-				log.Error("reload failed; keeping the previous binding file", "err", err)
-				daemon.SdNotify(false, daemon.SdNotifyReady)
-				continue
+				logErrors(log, "reload failed; keeping the previous binding file", err)
+				return
 			}
 			mu.Lock()
 			current = vip.Wants(next)
@@ -153,7 +137,6 @@ func provisionWatch(c *cli, p *vip.Provisioner, path string, cfg *config.Config,
 				log.Error("provisioning after reload", "err", err)
 			}
 			log.Info("binding file reloaded", "addresses", len(wants()))
-			daemon.SdNotify(false, daemon.SdNotifyReady)
-		}
-	}
+		},
+	})
 }

@@ -261,9 +261,66 @@ Binding "B" { Bind_Address = 192.0.2.40 }`)
 	case <-time.After(20 * time.Second):
 		t.Fatal("still running 20s after SIGTERM")
 	}
-	// The start and the reload each print a summary (the reload's says
-	// "1 added" unless the watcher, reading the new file, got there first).
-	if n := strings.Count(stdout.String(), ", 0 errors"); n != 2 {
-		t.Errorf("want 2 summaries, start and reload, got %d:\n%s", n, stdout.String())
+	// The start and the reload each log a summary (the reload's says
+	// "1 added" unless the watcher, reading the new file, got there first);
+	// a daemon prints nothing outside its logger.
+	if n := strings.Count(stderr.String(), ", 0 errors"); n != 2 {
+		t.Errorf("want 2 summaries, start and reload, got %d:\n%s", n, stderr.String())
+	}
+	if out := stdout.String(); out != "" {
+		t.Errorf("--watch printed outside its logger:\n%s", out)
+	}
+}
+
+// TestProvisionPruneDryRunCommand: "provision --prune --dry-run" prints
+// the lines "provision --prune" then prints, with "would" for changes, for
+// an address re-configured by hand, one removed and one moved to another
+// interface; and addresses a local route covers are reported, not added.
+func TestProvisionPruneDryRunCommand(t *testing.T) {
+	e := newProvisionEnv(t)
+	e.write(`Binding "Drop" { Bind_Address = 192.0.2.10 }
+Binding "Hand" { Bind_Address = 192.0.2.11 }
+Binding "Move" { Bind_Address = 192.0.2.12 }
+`)
+	if code, out := e.run(nil, "provision", "-c", e.conf); code != 0 {
+		t.Fatalf("setup: exit %d\n%s", code, out)
+	}
+	e.ns.MustIP(t, "addr", "del", "192.0.2.11/32", "dev", "eth0")
+	e.ns.MustIP(t, "addr", "add", "192.0.2.11/32", "dev", "eth0")
+	e.write(`Binding "Move" { Bind_Address = 192.0.2.12  Interface = eth1 }
+Binding_Group "Loop" {
+  Binding "Loop1" { Bind_Address = 127.0.0.6 }
+  Binding "Loop2" { Bind_Address = 127.0.0.7 }
+}
+`)
+	code, dry := e.run(nil, "provision", "-c", e.conf, "--prune", "--dry-run")
+	if code != 0 {
+		t.Errorf("dry run: exit %d\n%s", code, dry)
+	}
+	code, real := e.run(nil, "provision", "-c", e.conf, "--prune")
+	if code != 0 {
+		t.Errorf("real run: exit %d\n%s", code, real)
+	}
+	predicted := strings.NewReplacer("would add    ", "added        ", "would remove ", "removed      ", "would forget ", "forgotten    ",
+		"would add", "added", "would remove", "removed", "would forget", "forgotten").Replace(dry)
+	if real != predicted {
+		t.Errorf("--prune --dry-run predicted:\n%s\n--prune did:\n%s", dry, real)
+	}
+	for _, w := range []string{
+		"forgotten    192.0.2.11/32", "removed      192.0.2.10/32", "added        192.0.2.12/32                               on eth1",
+		"covered      127.0.0.6/32", "local route 127.0.0.0/8 dev lo covers it", "1 added, 2 covered, 2 removed, 1 forgotten, 0 errors",
+	} {
+		if !strings.Contains(real, w) {
+			t.Errorf("output lacks %q:\n%s", w, real)
+		}
+	}
+	if eth0 := e.addrs("eth0"); !strings.Contains(eth0, "192.0.2.11/32") || strings.Contains(eth0, "127.0.0.6") {
+		t.Errorf("eth0: want the hand-configured address kept and no covered address added:\n%s", eth0)
+	}
+	// check --routes agrees that the loopback bindings are on the host (it
+	// fails them for another reason: they cannot reach the world).
+	_, out := e.run(nil, "check", "-c", e.conf, "--routes")
+	if strings.Contains(out, "not configured") || !strings.Contains(out, "FAIL Loop1 127.0.0.6 -> 198.51.100.1: a loopback address") {
+		t.Errorf("check --routes:\n%s", out)
 	}
 }

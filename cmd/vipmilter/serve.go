@@ -4,19 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
+	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sys/unix"
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/milter"
@@ -32,22 +30,14 @@ accepting and let sessions in flight finish. Exits 2 on config errors.`
 func cmdServe(c *cli, args []string) error {
 	fs := c.flags("serve")
 	path := configFlag(fs)
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	format := fs.String("log-format", "text", "text or json")
-	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long sessions in flight may finish on SIGTERM")
+	newLog := logFlags(fs)
+	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long (`DURATION`, e.g. 30s) sessions in flight may take to finish on SIGTERM")
 	if err := fs.Parse(args); err != nil {
-		return &exitError{code: 2, err: err}
+		return err
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("-log-level: %w", err)}
-	}
-	hopts := &slog.HandlerOptions{Level: lv}
-	var log *slog.Logger
-	if *format == "json" {
-		log = slog.New(slog.NewJSONHandler(c.stderr, hopts))
-	} else {
-		log = slog.New(slog.NewTextHandler(c.stderr, hopts))
+	log, err := newLog()
+	if err != nil {
+		return err
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -56,13 +46,13 @@ func cmdServe(c *cli, args []string) error {
 
 	cfg, pol, err := servePolicy(*path, live)
 	if err != nil {
-		printErrors(c.stderr, err)
+		logErrors(log, "config error", err)
 		return &exitError{code: 2, err: fmt.Errorf("%s: not serving", *path)}
 	}
 	logWarnings(log, cfg)
 
 	srv := milter.New(pol, log)
-	ln, err := serveListener(srv, cfg)
+	ln, err := serveListener(log, srv, cfg)
 	if err != nil {
 		return err
 	}
@@ -74,44 +64,38 @@ func cmdServe(c *cli, args []string) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(srv.Metrics().Registry, promhttp.HandlerOpts{}))
-		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		go hs.Serve(mln)
 		defer hs.Close()
 	}
 
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("milter listening", "addr", ln.Addr().String(), "config", cfg.File)
-	daemon.SdNotify(false, daemon.SdNotifyReady)
-
-	for {
-		select {
-		case err := <-served:
-			return fmt.Errorf("milter: %w", err)
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				cfg = reload(log, *path, live, cfg, srv)
-				continue
+	file := cfg.File
+	return runDaemon(log, service{
+		name: "milter",
+		run: func(ctx context.Context, ready func()) error {
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(ln) }()
+			log.Info("milter listening", "addr", ln.Addr().String(), "config", file, "version", currentVersion())
+			ready()
+			select {
+			case err := <-served:
+				return err
+			case <-ctx.Done():
 			}
-			log.Info("milter stopping", "signal", sig.String())
-			daemon.SdNotify(false, daemon.SdNotifyStopping)
 			sctx, scancel := context.WithTimeout(context.Background(), *grace)
-			err := srv.Shutdown(sctx)
-			scancel()
-			if err != nil {
+			defer scancel()
+			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("milter shutdown incomplete", "err", err)
 			}
 			return nil
-		}
-	}
+		},
+		reload: func() { cfg = reload(log, *path, live, cfg, srv) },
+	})
 }
 
 // servePolicy is loadPolicy with liveness.
 func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Policy, error) {
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -125,18 +109,9 @@ func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Polic
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
 func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server) *config.Config {
-	daemon.SdNotify(false, daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
-	defer daemon.SdNotify(false, daemon.SdNotifyReady)
 	cfg, pol, err := servePolicy(path, live)
 	if err != nil {
-		var list config.ErrorList
-		if errors.As(err, &list) {
-			for _, e := range list {
-				log.Error("reload failed; keeping the old policy", "err", e)
-			}
-		} else {
-			log.Error("reload failed; keeping the old policy", "err", err)
-		}
+		logErrors(log, "reload failed; keeping the old policy", err)
 		return old
 	}
 	logWarnings(log, cfg)
@@ -154,8 +129,10 @@ func logWarnings(log *slog.Logger, cfg *config.Config) {
 	}
 }
 
-// serveListener prefers a systemd-activated socket over Milter_Listen.
-func serveListener(srv *milter.Server, cfg *config.Config) (net.Listener, error) {
+// serveListener prefers a systemd-activated socket over Milter_Listen. A
+// unix socket whose directory does not exist is a usage error (exit 2) that
+// names the directory to create.
+func serveListener(log *slog.Logger, srv *milter.Server, cfg *config.Config) (net.Listener, error) {
 	if os.Getenv("LISTEN_FDS") != "" {
 		lns, err := activation.Listeners()
 		if err != nil {
@@ -167,12 +144,18 @@ func serveListener(srv *milter.Server, cfg *config.Config) (net.Listener, error)
 				// Milter_Listen; a socket unit listening elsewhere would
 				// leave every message to On_Milter_Down.
 				if got := listenerAddress(ln); got != cfg.MilterListen.String() {
-					slog.Warn("systemd passed a socket that differs from Milter_Listen; Postfix connects to Milter_Listen", "socket", got, "Milter_Listen", cfg.MilterListen.String())
+					log.Warn("systemd passed a socket that differs from Milter_Listen; Postfix connects to Milter_Listen", "socket", got, "Milter_Listen", cfg.MilterListen.String())
 				}
 				return ln, nil
 			}
 		}
 		return nil, errors.New("systemd socket activation: LISTEN_FDS set but no listening socket")
+	}
+	if p := cfg.MilterListen.Path(); p != "" {
+		dir := filepath.Dir(p)
+		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+			return nil, &exitError{2, fmt.Errorf("Milter_Listen %s: directory %s does not exist; create it, writable by the user vipmilter runs as and searchable by Postfix (for /var/spool/postfix/vipmilter: systemd-tmpfiles --create vipmilter.conf), or use inet:127.0.0.1:8894", cfg.MilterListen, dir)}
+		}
 	}
 	return srv.Listen(cfg.MilterListen)
 }
@@ -192,14 +175,6 @@ func presence(ctx context.Context, log *slog.Logger) (live sieve.Liveness) {
 		return nil
 	}
 	return p
-}
-
-func monotonicUsec() int64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return ts.Sec*1e6 + ts.Nsec/1e3
 }
 
 // listenerAddress is ln's address in Milter_Listen notation.

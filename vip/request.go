@@ -2,9 +2,12 @@ package vip
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -17,15 +20,8 @@ import (
 // acknowledges each, so batching pays the round trip once per batch.
 const batchSize = 128
 
-// pendingAdd is one address to add to the link with index link.
-type pendingAdd struct {
-	link   int
-	ifname string
-	prefix netip.Prefix
-}
-
 // addBatched adds every address and returns one error (or nil) per item.
-func (p *Provisioner) addBatched(adds []pendingAdd) ([]error, error) {
+func (p *Provisioner) addBatched(adds []*step) ([]error, error) {
 	ns := netns.None()
 	if p.ns != nil {
 		ns = *p.ns
@@ -70,26 +66,26 @@ func (p *Provisioner) addBatched(adds []pendingAdd) ([]error, error) {
 	return errs, nil
 }
 
-// addrRequest is the RTM_NEWADDR request "ip addr replace" sends, with the
-// same attributes netlink.AddrReplace would set for nlAddr.
-func addrRequest(a pendingAdd) *nl.NetlinkRequest {
+// addrRequest is the RTM_NEWADDR request "ip addr replace" sends for step
+// a, with the same attributes netlink.AddrReplace would set for nlAddr.
+func addrRequest(a *step) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
-	na := nlAddr(a.prefix, a.ifname)
+	na := nlAddr(a.Prefix, a.Interface)
 	family := unix.AF_INET
-	ip := a.prefix.Addr().AsSlice()
-	if a.prefix.Addr().Is6() {
+	ip := a.Prefix.Addr().AsSlice()
+	if a.Prefix.Addr().Is6() {
 		family = unix.AF_INET6
 	}
 	msg := nl.NewIfAddrmsg(family)
 	msg.Index = uint32(a.link)
-	msg.Prefixlen = uint8(a.prefix.Bits())
+	msg.Prefixlen = uint8(a.Prefix.Bits())
 	msg.Flags = uint8(na.Flags)
 	req.AddData(msg)
 	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, ip))
 	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, ip))
 	if family == unix.AF_INET {
-		if a.prefix.Bits() < 31 {
-			req.AddData(nl.NewRtAttr(unix.IFA_BROADCAST, broadcast(a.prefix)))
+		if a.Prefix.Bits() < 31 {
+			req.AddData(nl.NewRtAttr(unix.IFA_BROADCAST, broadcast(a.Prefix)))
 		}
 		if na.Label != "" {
 			req.AddData(nl.NewRtAttr(unix.IFA_LABEL, nl.ZeroTerminated(na.Label)))
@@ -105,4 +101,44 @@ func broadcast(p netip.Prefix) []byte {
 		ip[i] |= ^mask[i]
 	}
 	return ip[:]
+}
+
+// nlAddr builds the netlink address for p on interface ifname.
+func nlAddr(p netip.Prefix, ifname string) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{
+		IP:   net.IP(p.Addr().AsSlice()),
+		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+	}}
+	if p.Addr().Is6() {
+		// Without NODAD a new IPv6 address stays "tentative" for about a
+		// second while duplicate address detection runs, and bind() on it
+		// fails with EADDRNOTAVAIL: Postfix would defer the binding's mail.
+		// Binding addresses are assigned by the administrator, so DAD's
+		// protection buys nothing here.
+		a.Flags = unix.IFA_F_NODAD
+	} else if l := label(ifname); l != "" {
+		a.Label = l
+	}
+	return a
+}
+
+// label marks IPv4 addresses as vipmilter's in "ip addr" output. The kernel
+// requires labels to start with the interface name and fit IFNAMSIZ-1 (15).
+func label(ifname string) string {
+	l := ifname + ":vip"
+	if len(l) > 15 {
+		return ""
+	}
+	return l
+}
+
+// explain turns the errors an administrator can act on into advice.
+func explain(err error, what string) error {
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("%s: %w (provisioning needs CAP_NET_ADMIN: run as root or from vipmilter-provision.service)", what, err)
+	case errors.Is(err, unix.ENODEV):
+		return fmt.Errorf("%s: %w (interface missing)", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
