@@ -17,7 +17,7 @@ type Prereq struct {
 }
 
 // Root is the effective user id 0: network namespaces and Postfix need it.
-var Root = Prereq{what: "root", hint: "run the tests as root (network namespaces and Postfix need CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+var Root = Prereq{what: "root", hint: "run as root: network namespaces and Postfix need CAP_SYS_ADMIN and CAP_NET_ADMIN",
 	ok: func() bool { return os.Geteuid() == 0 }}
 
 // Command is an executable on PATH, with the Debian package providing it.
