@@ -4,6 +4,7 @@
 #   make deps       install what the tests and the demo need (Debian, as root)
 #   make test       the whole test suite (unit, milter, Postfix end-to-end, netlink, fuzz, systemd)
 #   make demo       the whole system on examples/ in private network namespaces (root)
+#   make demo-sendmail  the same on a private Sendmail 8.17 (Debian's packages, unpacked)
 #   make run        serve examples/vipmilter.conf in the foreground
 #   make bench      Go benchmarks (ratios against baselines run side by side)
 #   make bench-system  Postfix and provisioning benchmarks in namespaces (root)
@@ -17,7 +18,7 @@ DESTDIR   ?=
 PREFIX    ?= /usr
 FUZZTIME  ?= 20s
 
-.PHONY: all build deps test unit fuzz systemd-check demo run bench bench-system install clean
+.PHONY: all build deps test unit fuzz systemd-check demo demo-sendmail run bench bench-system install clean
 
 all: build
 
@@ -60,6 +61,9 @@ systemd-check:
 
 demo:
 	$(GO) run ./cmd/vipmilter-demo
+
+demo-sendmail:
+	$(GO) run ./cmd/vipmilter-demo --sendmail
 
 run: build
 	./vipmilter serve -c examples/vipmilter.conf

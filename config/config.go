@@ -77,6 +77,11 @@ type Config struct {
 	MetricsListen   string            // "host:port" for Prometheus metrics, "" = off
 	StateDir        string            // provisioner state, default "/var/lib/vipmilter"
 	HeaderKeyFile   string            // Binding_Header_Key: the per-install header secret, default DefaultHeaderKeyFile
+	// SendmailSocketmap is where serve answers Sendmail's socketmap
+	// (queue id → binding); zero when Sendmail is not used.
+	SendmailSocketmap Listen
+	PolicyListen    Listen            // Policy_Listen: the SMTPD policy service socket, default DefaultPolicyListen
+	Hook            Hook              // Hook: auto (default), milter or policy
 
 	// Bindings holds every binding in file order, group members included.
 	Bindings []*Binding

@@ -97,6 +97,8 @@ func decode(name string, nodes []*Node) (*Config, error) {
 		KeepHeader:      DefaultKeepHeader,
 		StateDir:        DefaultStateDir,
 		HeaderKeyFile:   DefaultHeaderKeyFile,
+		PolicyListen:    MustParseListen(DefaultPolicyListen),
+		Hook:            HookAuto,
 	}
 	d := &decoder{
 		cfg:      cfg,

@@ -1,9 +1,12 @@
 package sieve
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/textproto"
 	"os"
 	"path/filepath"
@@ -14,31 +17,44 @@ import (
 )
 
 // testConfig loads a binding file with bindings "default" (optional), A
-// (Match_Domain a.example), B, C, and group G {G1 weight 3, G2}.
+// (Match_Domain a.example), B, C, and sticky group G {G1 weight 3, G2}.
 func testConfig(t testing.TB, script string, withDefault bool, onErr config.PolicyErrorAction) *config.Config {
 	t.Helper()
-	src := fmt.Sprintf("On_Policy_Error = %s\n", onErr)
+	var f strings.Builder
+	fmt.Fprintf(&f, "On_Policy_Error = %s\nMax_Body_Bytes = 1048576\n", onErr)
+	if withDefault {
+		f.WriteString(`Binding "default" { Bind_Address = 192.0.2.1 }` + "\n")
+	}
+	f.WriteString(`Binding "A" { Bind_Address = 192.0.2.2  Match_Domain = a.example }
+Binding "B" { Bind_Address = 192.0.2.3 }
+Binding "C" { Bind_Address = 192.0.2.4 }
+Binding_Group "G" {
+  Selection = sticky
+  Binding "G1" { Bind_Address = 192.0.2.5  Weight = 3 }
+  Binding "G2" { Bind_Address = 192.0.2.6 }
+}
+`)
+	return loadConfig(t, f.String(), script)
+}
+
+// loadConfig writes a binding file (and the script it then names) and
+// loads it as vipmilter does.
+func loadConfig(t testing.TB, bindings, script string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
 	if script != "" {
-		p := filepath.Join(t.TempDir(), "policy.sieve")
-		if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "policy.sieve"), []byte(script), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		src += fmt.Sprintf("Sieve_Script = %q\n", p)
+		bindings = "Sieve_Script = \"policy.sieve\"\n" + bindings
 	}
-	if withDefault {
-		src += `Binding "default" { }` + "\n"
-	}
-	src += `Binding "A" { Bind_Address = 192.0.2.1 Match_Domain = a.example }
-Binding "B" { Bind_Address = 192.0.2.2 }
-Binding "C" { Bind_Address = 192.0.2.3 }
-Binding_Group "G" {
-  Binding "G1" { Bind_Address = 192.0.2.4 Weight = 3 }
-  Binding "G2" { Bind_Address = 192.0.2.5 }
-}
-`
-	cfg, err := config.Parse(filepath.Join(t.TempDir(), "vipmilter.conf"), []byte(src))
-	if err != nil {
+	path := filepath.Join(dir, "vipmilter.conf")
+	if err := os.WriteFile(path, []byte(bindings), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("binding file: %v", err)
 	}
 	return cfg
 }
@@ -98,14 +114,14 @@ func TestDecide(t *testing.T) {
 		{name: "reject", script: req + `reject "no thanks";`, wantReason: ReasonReject, wantAction: Reject, wantRules: "script"},
 		{name: "ereject", script: req + `ereject "go away";`, wantReason: ReasonReject, wantAction: Reject, wantRules: "script"},
 		{name: "keep is a no-op", script: req + `keep; set "binding" "B";`, wantBinding: "B", wantReason: ReasonScript, wantRules: "script"},
-		{name: "unknown name default", script: req + `set "binding" "Nope";`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "script,error,fallback"},
-		{name: "unknown name tempfail", script: req + `set "binding" "Nope";`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "script,error"},
+		{name: "unknown name default", script: req + `set "x" "Nope"; set "binding" "${x}";`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "script,error,fallback"},
+		{name: "unknown name tempfail", script: req + `set "x" "Nope"; set "binding" "${x}";`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "script,error"},
 		{name: "runtime error default", script: req + `if envelope "${x}" "y" { set "binding" "B"; }`, onErr: config.PolicyErrorDefault, wantBinding: "default", wantReason: ReasonPolicyError, wantRules: "error,fallback"},
 		{name: "runtime error tempfail", script: req + `if envelope "${x}" "y" { set "binding" "B"; }`, onErr: config.PolicyErrorTempfail, wantReason: ReasonPolicyError, wantAction: Tempfail, wantRules: "error"},
 	}
 	envItems := map[string]string{
 		"remote-ip": "127.0.0.9", "remote-host": "client.example", "host": host, "name": "vipmilter",
-		"version": Version, "phase": "during", "vnd.vipmilter.helo": "helo.example",
+		"version": buildVersion(), "phase": "during", "vnd.vipmilter.helo": "helo.example",
 		"vnd.vipmilter.queue-id": "4ABC", "vnd.vipmilter.daemon": "submission",
 	}
 	if _, d, ok := strings.Cut(host, "."); ok {
@@ -295,6 +311,11 @@ func TestSplit(t *testing.T) {
 		{name: "first decides", script: req + `if envelope :domain :is "to" "y.example" { set "binding" "B"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "A"},
 		{name: "via variable", script: req + `if string :is "${envelope.to}" "a@x.example" { set "binding" "C"; }`, to: []string{"a@x.example", "b@y.example"}, wantSplit: true, wantBind: "C"},
 		{name: "script ignores to", script: req + `set "binding" "B";`, to: []string{"a@x.example", "b@y.example"}, wantBind: "B"},
+		// Sticky members by recipient domain (rendezvous, G1 weight 3):
+		// d1 and d2 go to G1, d5 to G2.
+		{name: "sticky group, domains on different members", script: req + `set "binding" "G";`, to: []string{"a@d1.example", "b@d5.example"}, wantSplit: true, wantBind: "G1"},
+		{name: "sticky group, domains on one member", script: req + `set "binding" "G";`, to: []string{"a@d1.example", "b@d2.example"}, wantBind: "G1"},
+		{name: "sticky group, one domain two spellings", script: req + `set "binding" "G";`, to: []string{"a@d5.example", "b@D5.Example."}, wantBind: "G2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -323,7 +344,24 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "fileinto refused", script: `require "fileinto"; fileinto "x";`, wantErr: "policy.sieve:1:21: fileinto"},
 		{name: "syntax error", script: req + "if header \"a\" {\n", wantErr: "policy.sieve:"},
 		{name: "unknown command", script: req + "frobnicate;", wantErr: "policy.sieve:2:1:"},
-		{name: "missing require", script: `set "binding" "B";`, wantErr: "policy.sieve:1:1:"},
+		{name: "missing require", script: `set "binding" "B";`, wantErr: `policy.sieve:1:1: command "set" needs require "variables"`},
+		{name: "unsupported extension", script: `require ["variables", "vacation"];`, wantErr: `policy.sieve:1:9: extension "vacation" is not supported`},
+		{name: "undeclared binding", script: req + `set "binding" "Nope";`, wantErr: `policy.sieve:2:15: binding "Nope" is not declared`},
+		{name: "typo names the closest", script: req + "if true {\n  set \"binding\" \"g1\";\n}", wantErr: `policy.sieve:3:17: binding "g1" is not declared in vipmilter.conf (did you mean "G1"?)`},
+		{name: "each list member", script: req + `set "binding" "B, Cc";`, wantErr: `policy.sieve:2:15: binding "Cc" is not declared in vipmilter.conf (did you mean "C"?)`},
+		{name: "tag without extension", script: `require "envelope"; if envelope :count "eq" "from" "1" { keep; }`, wantErr: `policy.sieve:1:33: tag :count needs require "relational"`},
+		{name: "unknown test", script: req + `if frob "x" { keep; }`, wantErr: `policy.sieve:2:4: unknown test "frob"`},
+		{name: "interpreter wording replaced", script: req + `if header :frob "a" "b" { keep; }`, wantErr: `policy.sieve:2:11: unknown tag :frob`},
+		{name: "string never closed", script: req + "set \"binding\" \"B;\n", wantErr: `policy.sieve:2:15: string is never closed`},
+		{name: "comment never closed", script: req + "/* note\nset \"binding\" \"B\";\n", wantErr: `policy.sieve:2:1: comment is never closed`},
+		{name: "text never closed", script: req + "set \"binding\" text:\nB\n", wantErr: `policy.sieve:2:15: text: is never closed`},
+		{name: "lone CR", script: req + "keep;\rkeep;\n", wantErr: `policy.sieve:2:6: CR not followed by LF`},
+		{name: "stray character", script: req + "keep; @\n", wantErr: `policy.sieve:2:7: unexpected character '@'`},
+		{name: "block never closed", script: req + "if true {\n  if false { keep; }\n", wantErr: `policy.sieve:2:9: "{" is never closed`},
+		// go-sieve would silently drop everything after a stray "}".
+		{name: "stray closing brace", script: req + "keep; }\nset \"binding\" \"B\";\n", wantErr: `policy.sieve:2:7: unexpected "}": nothing to close here`},
+		{name: "name as a list", script: req + `set ["binding"] "Nope";`, wantErr: `policy.sieve:2:17: binding "Nope" is not declared`},
+		{name: "variable value checked at run time", script: req + `set "x" "Nope"; set "binding" "${x}";`},
 		{name: "addflag allowed", script: `require "imap4flags"; addflag "x";`},
 		{name: "headers", script: req + `if address :domain "From" "x" { keep; }`, want: Needs{Headers: true}},
 		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true}},
@@ -335,7 +373,7 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := New(testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
 			if tt.wantErr != "" {
-				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) {
+				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "Load") {
 					t.Fatalf("err = %v, want prefix %q", err, tt.wantErr)
 				}
 				return
@@ -383,9 +421,24 @@ func TestGroupNoMemberCanSend(t *testing.T) {
 			if d.Unavailable != 1 {
 				t.Errorf("Decision.Unavailable = %d, want 1", d.Unavailable)
 			}
-			if p.MissingSkips() != 1 {
-				t.Errorf("MissingSkips = %d, want 1", p.MissingSkips())
+			if p.missing.Load() != 1 {
+				t.Errorf("missing = %d, want 1", p.missing.Load())
 			}
 		})
+	}
+}
+
+// TestLogsThroughOptionsLog: the policy's own lines go to the logger it
+// is given, in that logger's format.
+func TestLogsThroughOptionsLog(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := testConfig(t, req+`set "binding" "G";`, true, config.PolicyErrorDefault)
+	cfg.Binding("G1").SuspendDelivery = true
+	p := mustPolicy(t, cfg, Options{Log: log})
+	p.Decide(context.Background(), &Message{From: "x@z.example", To: []string{"r@d.example"}})
+	var line struct{ Msg, Group string }
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line.Msg != "group members skipped" || line.Group != "G" {
+		t.Errorf("log %q (%v), want one JSON line about group G", buf.String(), err)
 	}
 }

@@ -33,6 +33,7 @@ func run() int {
 	ipFallback := flag.Bool("ip-fallback", false, "add binding addresses with ip(8) instead of vipmilter provision")
 	prebuilt := flag.String("vipmilter", "", "use this vipmilter binary instead of building ./cmd/vipmilter")
 	keep := flag.Bool("keep", false, "keep the work directory (maillog, Postfix config, sink dumps)")
+	onSendmail := flag.Bool("sendmail", false, "run on a private Sendmail 8.17 (Debian's packages, unpacked, never installed) instead of Postfix")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log) // library lines in the same format
@@ -67,6 +68,9 @@ func run() int {
 			return 1
 		}
 	}
+	if *onSendmail {
+		return runSendmail(ctx, log, dir, *examples, bin, *ipFallback)
+	}
 	sys, err := e2e.StartSystem(ctx, e2e.SystemOptions{Bin: bin, Config: conf, Dir: dir, IPAddrFallback: *ipFallback, Log: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vipmilter-demo: %v\n", err)
@@ -92,9 +96,18 @@ func run() int {
 		return 1
 	}
 
+	failed := printTable(outs)
+	if waitErr != nil || failed {
+		fmt.Fprintf(os.Stderr, "\nmaillog tail:\n%s\n\nqueue:\n%s\n", sys.Postfix.LogTail(40), sys.Postfix.Queue(context.Background()))
+		return 1
+	}
+	return 0
+}
+
+// printTable prints one row per case and reports whether any failed.
+func printTable(outs []e2e.Outcome) (failed bool) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MESSAGE\tBINDING\tSOURCE ADDRESS\tEHLO\tRESULT")
-	failed := false
 	for _, o := range outs {
 		result := "ok"
 		if len(o.Problems) > 0 {
@@ -104,11 +117,7 @@ func run() int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Case.Name, o.Case.Binding, dash(o.Source), dash(o.Helo), result)
 	}
 	tw.Flush()
-	if waitErr != nil || failed {
-		fmt.Fprintf(os.Stderr, "\nmaillog tail:\n%s\n\nqueue:\n%s\n", sys.Postfix.LogTail(40), sys.Postfix.Queue(context.Background()))
-		return 1
-	}
-	return 0
+	return failed
 }
 
 func dash(s string) string {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sendmail"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
@@ -26,6 +27,10 @@ address is on the host and which route mail to --probe would take from it
 route lookup, nothing is sent). A binding whose address has no route, or
 whose route leaves by another interface than its Interface, is reported.
 
+When Sendmail_Socketmap is set, it also prints, one "sendmail:" line each,
+what the file asks for that Sendmail cannot honour exactly (EHLO names,
+per-destination limits, dual-stack bindings, Relay).
+
 Run it after every edit, before reloading the milter.`
 
 func cmdCheck(c *cli, args []string) error {
@@ -43,6 +48,11 @@ func cmdCheck(c *cli, args []string) error {
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(c.stdout, "warning: %v\n", w)
+	}
+	if !cfg.SendmailSocketmap.IsZero() {
+		for _, l := range sendmail.Limitations(cfg) {
+			fmt.Fprintf(c.stdout, "sendmail: %s\n", l)
+		}
 	}
 	summarize(c.stdout, cfg, pol)
 	if *routes {

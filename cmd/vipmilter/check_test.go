@@ -68,3 +68,48 @@ func TestCheckCommand(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckSendmailLimitations: with Sendmail_Socketmap set, check says what
+// Sendmail cannot honour; without it, it says nothing about Sendmail.
+func TestCheckSendmailLimitations(t *testing.T) {
+	dir := t.TempDir()
+	const bindings = `
+Binding "Mail" {
+  Bind_Address = 192.0.2.10
+  EHLO_Hostname = mail.example.net
+  Max_Outbound_Connections = 5
+}
+`
+	tests := []struct {
+		name   string
+		global string
+		want   []string
+		absent []string
+	}{
+		{"sendmail host", "Sendmail_Socketmap = \"inet:127.0.0.1:8895\"\n",
+			[]string{`sendmail: binding "Mail": Sendmail greets with the name 192.0.2.10 resolves to`, `sendmail: binding "Mail": Max_Outbound_Connections = 5 cannot be honoured`}, nil},
+		{"postfix host", "", nil, []string{"sendmail:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_")+".conf")
+			if err := os.WriteFile(p, []byte(tt.global+bindings), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, out, errOut := run("check", "-c", p)
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out, errOut)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tt.absent {
+				if strings.Contains(out, w) {
+					t.Errorf("stdout has %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}

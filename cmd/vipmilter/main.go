@@ -48,6 +48,7 @@ func init() {
 		{"check", "", "validate the binding file and policy; print bindings, groups, routes", checkHelp, cmdCheck},
 		{"test", "[MESSAGE|-]", "decide one message and print the trace", testHelp, cmdTest},
 		{"postfix", "", "render and apply the Postfix side", postfixHelp, cmdPostfix},
+		{"sendmail", "", "render the Sendmail side (m4 fragment and maps)", sendmailHelp, cmdSendmail},
 		{"provision", "", "put binding addresses on the host (needs CAP_NET_ADMIN)", provisionHelp, cmdProvision},
 		{"version", "", "print the version", versionHelp, cmdVersion},
 		{"help", "[COMMAND|all]", "print help for all commands or for one", helpHelp, cmdHelp},

@@ -44,16 +44,26 @@ func cmdServe(c *cli, args []string) error {
 	defer cancel()
 	live := presence(ctx, log)
 
-	cfg, pol, err := servePolicy(*path, live)
+	cfg, pol, err := servePolicy(log, *path, live)
 	if err != nil {
 		logErrors(log, "config error", err)
 		return &exitError{code: 2, err: fmt.Errorf("%s: not serving", *path)}
 	}
 	logWarnings(log, cfg)
 
-	srv := milter.New(pol, log)
+	sm, err := startSendmailSide(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer sm.stop() // after the milter's shutdown: Sendmail asks right after end of message
+	srv := milter.New(sm.policy(pol), log)
 	ln, err := serveListener(log, srv, cfg)
 	if err != nil {
+		return err
+	}
+	pd, err := startPolicyService(log, cfg, pol)
+	if err != nil {
+		ln.Close()
 		return err
 	}
 	if cfg.MetricsListen != "" {
@@ -84,22 +94,33 @@ func cmdServe(c *cli, args []string) error {
 			}
 			sctx, scancel := context.WithTimeout(context.Background(), *grace)
 			defer scancel()
-			if err := srv.Shutdown(sctx); err != nil {
+			err := srv.Shutdown(sctx)
+			stopPolicyService(sctx, log, pd)
+			if err != nil {
 				log.Warn("milter shutdown incomplete", "err", err)
 			}
 			return nil
 		},
-		reload: func() { cfg = reload(log, *path, live, cfg, srv) },
+		reload: func() {
+			cfg = reload(log, *path, live, cfg, policySetterFunc(func(d milter.Decider) {
+				sm.policySetter(srv).SetPolicy(d)
+				if sp, ok := d.(*sieve.Policy); ok && pd != nil {
+					pd.SetPolicy(sp)
+				}
+			}))
+			sm.reload(cfg)
+		},
 	})
 }
 
-// servePolicy is loadPolicy with liveness.
-func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Policy, error) {
+// servePolicy is loadPolicy with liveness; the policy logs through log
+// and tells scripts the version "vipmilter version" prints.
+func servePolicy(log *slog.Logger, path string, live sieve.Liveness) (*config.Config, *sieve.Policy, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	pol, err := sieve.New(cfg, sieve.Options{Liveness: live})
+	pol, err := sieve.New(cfg, sieve.Options{Liveness: live, Log: log, Version: currentVersion()})
 	if err != nil {
 		return cfg, nil, err
 	}
@@ -108,8 +129,8 @@ func servePolicy(path string, live sieve.Liveness) (*config.Config, *sieve.Polic
 
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server) *config.Config {
-	cfg, pol, err := servePolicy(path, live)
+func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv policySetter) *config.Config {
+	cfg, pol, err := servePolicy(log, path, live)
 	if err != nil {
 		logErrors(log, "reload failed; keeping the old policy", err)
 		return old

@@ -139,7 +139,7 @@ func (p *serveProc) signal(sig os.Signal) {
 
 const serveConf = `Milter_Listen   = "unix:%SOCK%"
 Sieve_Script    = "policy.sieve"
-Binding_Header  = "X-Binding"
+Binding_Header  = "X-Binding"  Hook = milter
 Binding "default" { Bind_Address = 192.0.2.1 }
 Binding "Alpha"   { Bind_Address = 192.0.2.10  Match_Domain = example.com }
 Binding "Beta"    { Bind_Address = 192.0.2.20 }

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/textproto"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -28,9 +26,17 @@ take (accept, reject, tempfail) and the trace of rules that decided.
 
 Group picks are real: a random or round_robin group may answer differently
 from one run to the next; a sticky group answers the same for the same first
-recipient domain. --json prints one JSON object instead, for scripts.
+recipient domain. Like the milter, test passes over group members whose
+address is not on this host (it reads the host's addresses, as serve does);
+--all-live treats every binding address as present, to try a policy on
+another machine than the one that sends. --json prints one JSON object
+instead, for scripts.
 
-It needs no root and no network. The exit status is 0 when a decision was
+The message file is read the way the milter receives it: each header field,
+folded or not, is given to the policy as the MTA would give it, so a rule
+proven here decides alike in the milter.
+
+Flags may come before or after MESSAGE. It needs no root and no network. The exit status is 0 when a decision was
 printed (a reject too), 1 when the binding file or the script has errors.`
 
 // listFlag collects a repeated flag in order.
@@ -38,29 +44,6 @@ type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
-
-// testResult is the JSON form of a Decision.
-type testResult struct {
-	Binding string       `json:"binding"`
-	Group   string       `json:"group,omitempty"`
-	Reason  string       `json:"reason"`
-	Action  string       `json:"action"`
-	Reject  string       `json:"reject,omitempty"`
-	Split   bool         `json:"split"`
-	Error   string       `json:"error,omitempty"`
-	Trace   []sieve.Step `json:"trace"`
-}
-
-func actionName(a sieve.Action) string {
-	switch a {
-	case sieve.Reject:
-		return "reject"
-	case sieve.Tempfail:
-		return "tempfail"
-	default:
-		return "accept"
-	}
-}
 
 func cmdTest(c *cli, args []string) error {
 	fs := c.flags("test")
@@ -76,97 +59,83 @@ func cmdTest(c *cli, args []string) error {
 	fs.StringVar(&m.Daemon, "daemon", "smtpd", "Postfix daemon `NAME` ({daemon_name})")
 	fs.StringVar(&m.QueueID, "queue-id", "", "Postfix queue `ID`")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	allLive := fs.Bool("all-live", false, "treat every binding address as on the host (default: read the host's addresses, as serve does)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	files := fs.Args()
 	if len(to) == 0 {
 		return &exitError{code: 2, err: errors.New("at least one --to is required")}
 	}
-	if fs.NArg() > 1 {
-		return &exitError{code: 2, err: fmt.Errorf("at most one MESSAGE, got %d", fs.NArg())}
+	if len(files) > 1 {
+		return &exitError{code: 2, err: fmt.Errorf("at most one MESSAGE, got %d", len(files))}
 	}
 	m.To = to
 	m.Phase = "during"
 
-	cfg, pol, err := loadPolicy(*path)
+	cfg, err := loadConfig(*path)
 	if err != nil {
 		printErrors(c.stderr, err)
 		return &exitError{code: 1, err: errors.New("")}
 	}
-	if fs.NArg() == 1 {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var live sieve.Liveness
+	if !*allLive {
+		live = presence(ctx, log)
+	}
+	pol, err := sieve.New(cfg, sieve.Options{Liveness: live, Log: log, Version: currentVersion()})
+	if err != nil {
+		printErrors(c.stderr, err)
+		return &exitError{code: 1, err: errors.New("")}
+	}
+	if len(files) == 1 {
 		var raw []byte
-		if fs.Arg(0) == "-" {
+		if files[0] == "-" {
 			raw, err = io.ReadAll(c.stdin)
 		} else {
-			raw, err = os.ReadFile(fs.Arg(0))
+			raw, err = os.ReadFile(files[0])
 		}
 		if err != nil {
 			return &exitError{code: 1, err: fmt.Errorf("message: %w", err)}
 		}
-		if err := fillMessage(m, raw, pol.Needs(), cfg.MaxBodyBytes); err != nil {
-			return &exitError{code: 1, err: fmt.Errorf("message %s: %w", fs.Arg(0), err)}
+		if err := m.Parse(raw, pol.Needs().Body, cfg.MaxBodyBytes); err != nil {
+			return &exitError{code: 1, err: fmt.Errorf("message %s: %w", files[0], err)}
 		}
 	}
 
-	d := pol.Decide(context.Background(), m)
-	r := testResult{Binding: d.Binding, Group: d.Group, Reason: string(d.Reason), Action: actionName(d.Action),
-		Reject: d.RejectText, Split: d.Split, Trace: d.Trace}
-	if d.Err != nil {
-		r.Error = d.Err.Error()
-	}
+	d := pol.Decide(ctx, m)
 	if *asJSON {
-		enc := json.NewEncoder(c.stdout)
-		return enc.Encode(r)
+		return json.NewEncoder(c.stdout).Encode(d)
 	}
-	w := c.stdout
-	fmt.Fprintf(w, "binding: %s\n", r.Binding)
-	if r.Group != "" {
-		fmt.Fprintf(w, "group:   %s\n", r.Group)
+	printDecision(c.stdout, d)
+	return nil
+}
+
+// printDecision writes d the way Pigeonhole's sieve-test reports.
+func printDecision(w io.Writer, d sieve.Decision) {
+	fmt.Fprintf(w, "binding: %s\n", d.Binding)
+	if d.Group != "" {
+		fmt.Fprintf(w, "group:   %s\n", d.Group)
 	}
-	fmt.Fprintf(w, "reason:  %s\n", r.Reason)
-	fmt.Fprintf(w, "action:  %s\n", r.Action)
-	if r.Reject != "" {
-		fmt.Fprintf(w, "reject:  %s\n", r.Reject)
+	fmt.Fprintf(w, "reason:  %s\n", d.Reason)
+	fmt.Fprintf(w, "action:  %s\n", d.Action)
+	if d.RejectText != "" {
+		fmt.Fprintf(w, "reject:  %s\n", d.RejectText)
 	}
-	if r.Split {
+	if d.Split {
 		fmt.Fprintln(w, "split:   recipients would get different bindings")
 	}
-	if r.Error != "" {
-		fmt.Fprintf(w, "error:   %s\n", r.Error)
+	if d.Err != nil {
+		fmt.Fprintf(w, "error:   %s\n", d.Err)
 	}
 	fmt.Fprintln(w, "trace:")
-	for _, s := range r.Trace {
+	for _, s := range d.Trace {
 		if s.Line > 0 {
 			fmt.Fprintf(w, "  %s (line %d): %s\n", s.Rule, s.Line, s.Detail)
 		} else {
 			fmt.Fprintf(w, "  %s: %s\n", s.Rule, s.Detail)
 		}
 	}
-	return nil
-}
-
-// fillMessage parses an RFC 5322 message into m as the milter would see
-// it: headers always, the body only when the policy reads it.
-func fillMessage(m *sieve.Message, raw []byte, needs sieve.Needs, maxBody int64) error {
-	m.Size = len(raw)
-	br := bufio.NewReader(bytes.NewReader(raw))
-	h, err := textproto.NewReader(br).ReadMIMEHeader()
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("reading headers: %w", err)
-	}
-	m.Header = h
-	if m.Header == nil {
-		m.Header = textproto.MIMEHeader{}
-	}
-	if needs.Body {
-		body, err := io.ReadAll(br)
-		if err != nil {
-			return fmt.Errorf("reading body: %w", err)
-		}
-		if maxBody > 0 && int64(len(body)) > maxBody {
-			body = body[:maxBody]
-		}
-		m.Body = body
-	}
-	return nil
 }

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/policyd"
+	"github.com/vipmilter/vipmilter/sieve"
+)
+
+// startPolicyService starts the SMTPD policy service on Policy_Listen when
+// the binding file and script take the policy hook (policyd.ChooseHook);
+// it returns nil, nil when they take another. The milter keeps serving
+// either way: mail from sendmail never reaches a policy service.
+func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy) (*policyd.Server, error) {
+	hook, why, err := policyd.ChooseHook(cfg, pol.Needs())
+	if err != nil {
+		return nil, err
+	}
+	log.Info("hook", "hook", string(hook), "why", why)
+	if hook != config.HookPolicy {
+		return nil, nil
+	}
+	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("policy service: %w (run vipmilter postfix, which creates it)", err)
+	}
+	host, _ := os.Hostname()
+	pd := policyd.New(pol, policyd.Options{BindingHeader: cfg.BindingHeader, HeaderKey: key, Daemon: host, Log: log})
+	ln, err := pd.Listen(cfg.PolicyListen)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		if err := pd.Serve(ln); err != nil && err != policyd.ErrServerClosed {
+			log.Error("policy service stopped", "err", err)
+		}
+	}()
+	log.Info("policy service listening", "addr", ln.Addr().String(), "Policy_Listen", cfg.PolicyListen.String())
+	return pd, nil
+}
+
+
+// stopPolicyService lets requests in flight finish (nil pd: nothing to do).
+func stopPolicyService(ctx context.Context, log *slog.Logger, pd *policyd.Server) {
+	if pd == nil {
+		return
+	}
+	if err := pd.Shutdown(ctx); err != nil {
+		log.Warn("policy service shutdown incomplete", "err", err)
+	}
+}

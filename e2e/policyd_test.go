@@ -1,0 +1,344 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
+	"github.com/vipmilter/vipmilter/policyd"
+	"github.com/vipmilter/vipmilter/postfix"
+	"github.com/vipmilter/vipmilter/sieve"
+)
+
+// policyKey is the binding header key of this test's install.
+const policyKey = "00112233445566778899aabbccddeeff"
+
+// TestPolicyService routes mail through a real Postfix with "vipmilter
+// serve" on an envelope-only policy, so the policy hook: smtpd mail is
+// decided by the SMTPD policy service (no milter in smtpd_milters), which
+// answers PREPEND with the keyed binding header, and header_checks route it
+// (the tables are written here as the policy hook's rendering describes
+// them: keyed header -> FILTER, other copies IGNORE, MIME/nested parts and
+// egress stripped); mail from sendmail is decided by the milter in
+// non_smtpd_milters. Checked: the source address the sink saw for a
+// sender rule, for a rule on the first of three recipients (known only
+// from the RCPT requests), for messages whose client forged binding
+// headers, for sendmail mail and after postsuper -r; that no binding
+// header leaves; that smtpd never logs the key.
+func TestPolicyService(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := newEnv(t, ctx)
+	dir := t.TempDir()
+	bin := os.Getenv("VIPE2E_BIN")
+	if bin == "" {
+		var err error
+		if bin, err = BuildVipmilter(ctx, repoRoot(t), dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	bindings := []struct{ name, addr string }{{"default", "192.0.2.30"}, {"News", "192.0.2.31"}, {"VIP", "192.0.2.32"}}
+	keyFile := filepath.Join(dir, "binding-header.key")
+	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("Sieve_Script = %q\nBinding_Header_Key = %q\nMilter_Listen = inet:127.0.0.1:8894\nPolicy_Listen = inet:127.0.0.1:8896\n",
+		filepath.Join(dir, "policy.sieve"), keyFile)
+	for _, b := range bindings {
+		conf += fmt.Sprintf("Binding %q { Bind_Address = %s }\n", b.name, b.addr)
+	}
+	script := `require ["envelope", "variables"];
+if envelope :domain :is "from" "news.test" { set "binding" "News"; stop; }
+if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
+`
+	confPath := filepath.Join(dir, "vipmilter.conf")
+	for path, body := range map[string]string{filepath.Join(dir, "policy.sieve"): script, confPath: conf} {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := config.Load(confPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := sieve.New(cfg, sieve.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hook, why, err := policyd.ChooseHook(cfg, pol.Needs()); err != nil || hook != config.HookPolicy {
+		t.Fatalf("hook %q (%s, %v), want policy", hook, why, err)
+	}
+	logBuf := &lockedLog{}
+	serve := e.net.MTA.Command(context.Background(), bin, "serve", "-c", confPath)
+	serve.Stdout, serve.Stderr = logBuf, logBuf
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		serve.Process.Signal(syscall.SIGTERM)
+		serve.Wait()
+		if t.Failed() {
+			t.Logf("serve output:\n%s", logBuf.String())
+		}
+	})
+	for _, port := range []int{8894, 8896} {
+		if err := e.net.MTA.WaitListen(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
+			t.Fatalf("%v\n%s", err, logBuf.String())
+		}
+	}
+
+	// The host's own recipient restriction, kept after vipmilter's entry:
+	// it rejects a recipient the policy service has already seen.
+	if err := os.WriteFile(filepath.Join(e.pf.Dir, "rcpt_access"), []byte("/^vip@rejected\\.test$/ REJECT no such user\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	host := map[string]string{"smtpd_recipient_restrictions": "check_recipient_access regexp:" + filepath.Join(e.pf.Dir, "rcpt_access")}
+	hook, err := postfix.PolicyService(cfg, postfix.Options{}, host, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, strip := "", "/^X-Binding:/ IGNORE\n"
+	master := ""
+	for _, b := range bindings {
+		if err := e.net.AddAddress(ctx, b.addr); err != nil {
+			t.Fatal(err)
+		}
+		routes += fmt.Sprintf("/^X-Binding: %s %s$/ FILTER vip_%s:\n", b.name, policyKey, b.name)
+		master += fmt.Sprintf("vip_%s unix - - n - - smtp -o smtp_bind_address=%s -o smtp_helo_name=%s.e2e.test -o smtp_header_checks=regexp:%s/strip_checks\n",
+			b.name, b.addr, strings.ToLower(b.name), e.pf.Dir)
+	}
+	routes += strip
+	for name, body := range map[string]string{"route_checks": routes, "strip_checks": strip} {
+		if err := os.WriteFile(filepath.Join(e.pf.Dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The milter writes the binding header for sendmail mail; milter
+	// header edits are checked by milter_header_checks only.
+	milterRoutes := ""
+	for _, b := range bindings {
+		milterRoutes += fmt.Sprintf("/^X-Binding: %s( %s)?$/ FILTER vip_%s:\n", b.name, policyKey, b.name)
+	}
+	if err := os.WriteFile(filepath.Join(e.pf.Dir, "milter_checks"), []byte(milterRoutes), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !hook.NonSMTPDMilter || hook.SMTPDMilter {
+		t.Fatal("the policy hook must keep the milter for sendmail mail only")
+	}
+	settings := []string{
+		"non_smtpd_milters = inet:127.0.0.1:8894",
+		"milter_header_checks = regexp:" + filepath.Join(e.pf.Dir, "milter_checks"),
+		"header_checks = regexp:" + filepath.Join(e.pf.Dir, "route_checks"),
+		"mime_header_checks = regexp:" + filepath.Join(e.pf.Dir, "strip_checks"),
+		"nested_header_checks = regexp:" + filepath.Join(e.pf.Dir, "strip_checks"),
+	}
+	for _, p := range hook.Main {
+		settings = append(settings, p.Name+" = "+p.Value)
+	}
+	if err := e.pf.Postconf(ctx, settings...); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pf.AppendMaster(master); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pf.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	sink := "@[" + SinkAddr4 + "]"
+	cases := []routeCase{
+		{Message{From: "a@news.test", To: []string{"r" + sink}, Subject: "policy sender rule"}, "News"},
+		{Message{From: "b@other.test", To: []string{"first" + sink}, Subject: "policy default"}, "default"},
+		{Message{From: "c@other.test", To: []string{"vip" + sink, "second" + sink, "third" + sink}, Subject: "policy multi-recipient"}, "VIP"},
+		{Message{From: "d@other.test", To: []string{"r" + sink}, Subject: "policy forged",
+			Headers: []string{"X-Binding: News", "X-Binding: News " + strings.Repeat("0", 32), "x-binding: VIP"}}, "default"},
+		{Message{From: "e@news.test", To: []string{"r" + sink}, Subject: "policy forged to another binding",
+			Headers: []string{"X-Binding: VIP", "X-Binding: VIP " + strings.Repeat("f", 32)}}, "News"},
+	}
+	var subjects []string
+	for _, c := range cases {
+		subjects = append(subjects, c.msg.Subject)
+		if err := Submit(ctx, e.net.MTA, c.msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// vip@rejected.test would place the message on VIP; Postfix rejects it
+	// after the policy service saw it, so the accepted recipients alone
+	// decide (here: they disagree with it, so On_Policy_Error = default).
+	rejected := Message{From: "x@other.test", To: []string{"a" + sink, "b" + sink}, Subject: "policy rejected recipient"}
+	if err := rawSubmit(ctx, e.net.MTA, rejected, "vip@rejected.test"); err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, routeCase{rejected, "default"})
+	local := Message{From: "l@news.test", To: []string{"r" + sink}, Subject: "policy sendmail"}
+	if err := e.pf.Sendmail(ctx, local.From, local.To, []byte("Subject: "+local.Subject+"\nX-Binding: VIP\n\nbody\n")); err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, routeCase{local, "News"})
+	subjects = append(subjects, rejected.Subject, local.Subject)
+	got := e.waitSubjects(t, ctx, subjects...)
+	addr := map[string]string{}
+	for _, b := range bindings {
+		addr[b.name] = b.addr
+	}
+	for _, c := range cases {
+		m := got[c.msg.Subject]
+		if m.ClientAddr != addr[c.want] {
+			t.Errorf("%q: left from %s, want %s (binding %s)", c.msg.Subject, m.ClientAddr, addr[c.want], c.want)
+		}
+		if rc := m.Header.Values("X-Rcpt-Args"); len(rc) != len(c.msg.To) {
+			t.Errorf("%q: sink saw recipients %q, want %d", c.msg.Subject, rc, len(c.msg.To))
+		}
+		if v := m.Header.Values("X-Binding"); len(v) != 0 {
+			t.Errorf("%q: binding header left the host: %q", c.msg.Subject, v)
+		}
+	}
+	// smtpd does not log a PREPEND action; cleanup logs every header_checks
+	// FILTER match in full, key included (as for the milter's header), so
+	// the maillog is as secret as the key file.
+	for _, line := range strings.Split(e.pf.Log(), "\n") {
+		if strings.Contains(line, policyKey) && !strings.Contains(line, "postfix/cleanup[") {
+			t.Errorf("the header key appears in a maillog line other than cleanup's filter lines: %s", line)
+		}
+	}
+	// One policy-service decision per smtpd message, each with its queue
+	// id; the sendmail message was the milter's.
+	decisions := strings.Count(logBuf.String(), "policy decision")
+	if decisions != len(cases)-1 || strings.Count(logBuf.String(), "queue_id=\"\"") != 0 {
+		t.Errorf("%d policy decision lines for %d smtpd messages, or one without a queue id:\n%s", decisions, len(cases)-1, logBuf.String())
+	}
+	if !strings.Contains(logBuf.String(), "recipients uncertain") {
+		t.Error("the decision for the message with a rejected recipient does not say the recipients were uncertain")
+	}
+	if n := strings.Count(logBuf.String(), "milter decision"); n != 1 {
+		t.Errorf("%d milter decision lines, want 1 (the sendmail message)", n)
+	}
+	requeued(t, ctx, e)
+}
+
+// rawSubmit sends m over SMTP from inside ns with first as an extra first
+// recipient that Postfix is expected to reject (5xx), then m.To.
+func rawSubmit(ctx context.Context, ns *testenv.NS, m Message, first string) error {
+	conn, err := ns.Dial(ctx, "127.0.0.1:25")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	tp := textproto.NewConn(conn)
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return err
+	}
+	step := func(code int, format string, args ...any) error {
+		if err := tp.PrintfLine(format, args...); err != nil {
+			return err
+		}
+		if _, msg, err := tp.ReadResponse(code); err != nil {
+			return fmt.Errorf("%s: %w (%s)", fmt.Sprintf(format, args...), err, msg)
+		}
+		return nil
+	}
+	if err := step(250, "EHLO client.e2e.test"); err != nil {
+		return err
+	}
+	if err := step(250, "MAIL FROM:<%s>", m.From); err != nil {
+		return err
+	}
+	if err := step(5, "RCPT TO:<%s>", first); err != nil {
+		return err
+	}
+	for _, r := range m.To {
+		if err := step(250, "RCPT TO:<%s>", r); err != nil {
+			return err
+		}
+	}
+	if err := step(354, "DATA"); err != nil {
+		return err
+	}
+	return step(250, "Subject: %s\r\n\r\nbody\r\n.", m.Subject)
+}
+
+// requeued checks that mail the policy service placed is routed again by
+// its keyed header after "postsuper -r": held back by defer_transports,
+// requeued (pickup's cleanup applies header_checks again, the FILTER record
+// of the first arrival is gone), then released, it must still leave from
+// its binding's address and not through the stock smtp transport.
+func requeued(t *testing.T, ctx context.Context, e *env) {
+	t.Helper()
+	if err := e.pf.Postconf(ctx, "defer_transports = vip_VIP"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pf.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	routed := func() int { return strings.Count(e.pf.Log(), "filter: header X-Binding: VIP "+policyKey) }
+	before := routed()
+	m := Message{From: "r@other.test", To: []string{"vip@[" + SinkAddr4 + "]"}, Subject: "policy requeue"}
+	if err := Submit(ctx, e.net.MTA, m); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(n int, what string) {
+		if err := testenv.Poll(ctx, 100*time.Millisecond, func() (bool, error) { return routed() >= n, nil }, what); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait(before+1, "the message routed on arrival")
+	if err := e.pf.Requeue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// postsuper -r leaves the message in maildrop; wake pickup now
+	// rather than at its next 60 s poll.
+	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
+		t.Fatalf("postkick: %v: %s", err, out)
+	}
+	wait(before+2, "the requeued message routed again by pickup's cleanup")
+	if err := e.pf.Postconf(ctx, "defer_transports ="); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pf.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pf.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.waitSubjects(t, ctx, m.Subject)[m.Subject]; got.ClientAddr != "192.0.2.32" {
+		t.Errorf("requeued message left from %s, want 192.0.2.32 (binding VIP)", got.ClientAddr)
+	}
+}
+
+// routeCase is a message and the binding it must leave from.
+type routeCase struct {
+	msg  Message
+	want string
+}
+
+// lockedLog collects the policy service's log lines; requests from several
+// smtpd processes are served concurrently.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

@@ -1,0 +1,320 @@
+// Package policyd is vipmilter's Postfix SMTPD access policy delegation
+// server (Postfix SMTPD_POLICY_README; main.cf check_policy_service). For
+// policies that read only the envelope and the connection it replaces the
+// milter on mail that passes smtpd: Postfix asks once per recipient (RCPT,
+// answered DUNNO, the recipients are collected per message) and once at
+// DATA, where the binding is decided with the same policy engine as the
+// milter (sieve.Policy.Decide) and returned as
+//
+//	action=PREPEND <Binding_Header>: <binding> <key>
+//
+// so that the keyed binding header the milter would have written is in the
+// queue file, and Postfix's header_checks route it on first arrival and on
+// every later path (postsuper -r, content-filter re-injection). PREPEND is
+// honoured in smtpd_data_restrictions but not in
+// smtpd_end_of_data_restrictions (access(5)), which is why the decision is
+// made at DATA: the message size is then only the client's MAIL FROM SIZE=,
+// so policies testing "size" use the milter (ChooseHook).
+package policyd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sieve"
+)
+
+// MaxRecipients bounds the recipients kept for one message: Postfix's
+// default smtpd_recipient_limit. Beyond it recipients are counted, not kept.
+const MaxRecipients = 1000
+
+// Defaults for Options.
+const (
+	// DefaultIdleTimeout closes a policy connection that sends nothing. It
+	// exceeds Postfix's smtpd_policy_service_max_idle (300s), so Postfix
+	// normally closes first; a client that is not Postfix cannot hold a
+	// connection forever.
+	DefaultIdleTimeout = 10 * time.Minute
+	// DefaultMaxConns caps concurrent policy connections (one per smtpd
+	// process that asked); further ones wait in the listen backlog.
+	DefaultMaxConns = 1024
+	writeTimeout    = 10 * time.Second
+)
+
+// SocketMode is the mode of a unix policy socket: smtpd (user postfix)
+// connects to it; the directory it lives in limits who can reach it.
+const SocketMode fs.FileMode = 0o666
+
+// Options configure a Server.
+type Options struct {
+	// BindingHeader and HeaderKey make the PREPEND value
+	// "<BindingHeader>: <binding> <HeaderKey>" (without " <HeaderKey>" when
+	// it is empty, tests only), the value the milter writes.
+	BindingHeader string
+	HeaderKey     string
+	// Daemon is sieve.Message.Daemon when a request has no policy_context.
+	// The milter sees Postfix's {daemon_name}, $myhostname by default;
+	// serve passes the host name.
+	Daemon      string
+	IdleTimeout time.Duration // 0: DefaultIdleTimeout
+	MaxConns    int           // 0: DefaultMaxConns
+	Log         *slog.Logger  // nil: slog.Default()
+}
+
+// Server answers Postfix policy requests. It is safe for concurrent use;
+// SetPolicy swaps the policy for requests that follow.
+type Server struct {
+	pol  atomic.Pointer[sieve.Policy]
+	opts Options
+	log  *slog.Logger
+	sem  chan struct{}
+
+	acceptErrors atomic.Uint64
+
+	mu      sync.Mutex
+	closing bool
+	lns     []net.Listener
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
+}
+
+// New returns a Server deciding with pol.
+func New(pol *sieve.Policy, opts Options) *Server {
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	s := &Server{opts: opts, log: opts.Log, sem: make(chan struct{}, opts.MaxConns), conns: map[net.Conn]struct{}{}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.pol.Store(pol)
+	return s
+}
+
+// SetPolicy replaces the policy; a message whose DATA request comes later
+// is decided by the new one.
+func (s *Server) SetPolicy(pol *sieve.Policy) { s.pol.Store(pol) }
+
+// AcceptErrors counts failed accepts (for example EMFILE) the server
+// backed off from.
+func (s *Server) AcceptErrors() uint64 { return s.acceptErrors.Load() }
+
+// Listen opens addr. A stale unix socket file is replaced; the new one is
+// made SocketMode and removed again when the listener closes.
+func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
+	path := addr.Path()
+	if path != "" {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
+			os.Remove(path)
+		}
+	}
+	ln, err := net.Listen(addr.Network, addr.Address)
+	if err != nil {
+		return nil, fmt.Errorf("policy service listen %s: %w", addr, err)
+	}
+	if path != "" {
+		ln.(*net.UnixListener).SetUnlinkOnClose(true)
+		if err := os.Chmod(path, SocketMode); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("policy service socket %q: %w", path, err)
+		}
+	}
+	return ln, nil
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("policy service closed")
+
+// Serve accepts connections on ln until Shutdown or a permanent error.
+// Accept errors such as EMFILE are logged, counted and retried with a
+// growing delay (5 ms to 1 s), so running out of descriptors slows the
+// service down instead of ending it.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		s.sem <- struct{}{}
+		c, err := ln.Accept()
+		if err != nil {
+			<-s.sem
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			if n := s.acceptErrors.Add(1); n&(n-1) == 0 {
+				s.log.Warn("policy service accept failed; backing off", "err", err, "count", n, "delay", delay)
+			}
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if !s.track(c, true) {
+			<-s.sem
+			c.Close()
+			return ErrServerClosed
+		}
+		go func() {
+			defer func() { <-s.sem }()
+			defer s.track(c, false)
+			s.ServeConn(c)
+		}()
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func (s *Server) track(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		return true
+	}
+	delete(s.conns, c)
+	s.wg.Done()
+	return true
+}
+
+// Shutdown closes the listeners, then waits for connections to end; when
+// ctx ends first, it closes them (Postfix retries a request that got no
+// answer, SMTPD_POLICY_README).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	// An idle connection is between requests: closing its read side ends
+	// it without losing an answer.
+	for c := range s.conns {
+		c.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// ServeConn answers requests on c until it closes, misbehaves or idles out,
+// then closes it. The message state (recipients so far) lives only here.
+func (s *Server) ServeConn(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReaderSize(c, MaxLineBytes)
+	bw := bufio.NewWriterSize(c, 512)
+	var (
+		req Request
+		msg message
+	)
+	for {
+		c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
+		if err := readRequest(br, &req); err != nil {
+			if err != io.EOF && !s.isClosing() {
+				s.log.Warn("policy request refused; disconnecting", "remote", remote(c), "err", err)
+			}
+			return
+		}
+		action := s.answer(&msg, &req)
+		c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		bw.WriteString("action=")
+		bw.WriteString(action)
+		bw.WriteString("\n\n")
+		if err := bw.Flush(); err != nil {
+			s.log.Warn("policy reply failed", "remote", remote(c), "err", err)
+			return
+		}
+	}
+}
+
+func remote(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil && a.String() != "" {
+		return a.String()
+	}
+	return c.LocalAddr().String()
+}
+
+// message is what one connection knows of the message in progress.
+// Postfix sends every request about one message over one connection, and
+// a new instance value means the previous message is done or aborted
+// (SMTPD_POLICY_README), so one message per connection is all there is.
+type message struct {
+	instance string
+	to       []string // first MaxRecipients recipients, in RCPT order
+	rcpts    int      // RCPT requests seen
+}
+
+func (m *message) reset(instance string) {
+	m.instance = instance
+	clear(m.to)
+	m.to = m.to[:0]
+	m.rcpts = 0
+}
+
+// dunno lets Postfix go on with its other restrictions.
+const dunno = "DUNNO"
+
+// answer returns the action for r, updating the connection's message.
+func (s *Server) answer(m *message, r *Request) string {
+	if r.Request != "smtpd_access_policy" {
+		return dunno
+	}
+	if r.Instance != m.instance {
+		m.reset(r.Instance)
+	}
+	switch r.State {
+	case "RCPT":
+		if r.Recipient != "" {
+			m.rcpts++
+			if len(m.to) < MaxRecipients {
+				m.to = append(m.to, r.Recipient)
+			}
+		}
+		return dunno
+	case "DATA":
+		act := s.decide(m, r)
+		m.reset("")
+		return act
+	}
+	return dunno
+}

@@ -1,0 +1,72 @@
+package postfix
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/vipmilter/vipmilter/config"
+)
+
+func TestPolicyService(t *testing.T) {
+	const prev = "check_policy_service { inet:127.0.0.1:9999, default_action=DUNNO }"
+	for _, c := range []struct {
+		name      string
+		listen    string
+		down      config.MilterDownAction
+		chrooted  bool
+		host      map[string]string
+		daemons   map[string]string
+		wantRcpt  string
+		wantData  string
+		wantParam string
+		err       string
+	}{
+		{name: "fresh host", listen: "inet:127.0.0.1:8895", down: config.MilterDownAccept,
+			wantRcpt: "check_policy_service { inet:127.0.0.1:8895, default_action=DUNNO }",
+			wantData: "check_policy_service { inet:127.0.0.1:8895, default_action=DUNNO }"},
+		{name: "host restrictions kept after ours, earlier entry replaced", listen: "inet:127.0.0.1:8895", down: config.MilterDownTempfail,
+			host: map[string]string{
+				"smtpd_recipient_restrictions": prev + ", permit_mynetworks, check_policy_service { unix:private/spf, timeout=10s }, reject_unauth_destination",
+				"smtpd_data_restrictions":      "reject_unauth_pipelining " + prev,
+			},
+			wantRcpt: "check_policy_service { inet:127.0.0.1:8895, default_action=DEFER_IF_PERMIT }, permit_mynetworks, check_policy_service { unix:private/spf, timeout=10s }, reject_unauth_destination",
+			wantData: "check_policy_service { inet:127.0.0.1:8895, default_action=DEFER_IF_PERMIT }, reject_unauth_pipelining"},
+		{name: "chrooted smtpd, socket in the queue directory", listen: "unix:/var/spool/postfix/vipmilter/policy.sock", down: config.MilterDownAccept, chrooted: true,
+			daemons:   map[string]string{"submission/inet": "submission"},
+			wantRcpt:  "check_policy_service { unix:/vipmilter/policy.sock, default_action=DUNNO }",
+			wantData:  "check_policy_service { unix:/vipmilter/policy.sock, default_action=DUNNO }",
+			wantParam: "submission/inet/smtpd_policy_service_policy_context=submission"},
+		{name: "chrooted smtpd, socket outside", listen: "unix:/run/vipmilter/policy.sock", chrooted: true, err: "Policy_Listen \"unix:/run/vipmilter/policy.sock\": smtpd runs chrooted"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := &config.Config{PolicyListen: config.MustParseListen(c.listen), OnMilterDown: c.down}
+			h, err := PolicyService(cfg, Options{QueueDir: "/var/spool/postfix", MilterChrooted: c.chrooted}, c.host, prev, c.daemons)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("err %v, want %q", err, c.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, p := range h.Main {
+				got[p.Name] = p.Value
+			}
+			if got["smtpd_recipient_restrictions"] != c.wantRcpt || got["smtpd_data_restrictions"] != c.wantData {
+				t.Errorf("got\n rcpt %q\n data %q\nwant\n rcpt %q\n data %q", got["smtpd_recipient_restrictions"], got["smtpd_data_restrictions"], c.wantRcpt, c.wantData)
+			}
+			if h.SMTPDMilter || !h.NonSMTPDMilter {
+				t.Errorf("milter in smtpd_milters %v, non_smtpd_milters %v; want false, true (sendmail mail needs it)", h.SMTPDMilter, h.NonSMTPDMilter)
+			}
+			var params []string
+			for _, p := range h.ServiceParams {
+				params = append(params, p.Key()+"="+p.Value)
+			}
+			if strings.Join(params, " ") != c.wantParam {
+				t.Errorf("service params %v, want %q", params, c.wantParam)
+			}
+		})
+	}
+}

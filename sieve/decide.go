@@ -1,0 +1,374 @@
+package sieve
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/foxcpp/go-sieve/interp"
+
+	"github.com/vipmilter/vipmilter/config"
+)
+
+// MaxSplitRecipients caps how many distinct recipients are placed again
+// to detect a split decision; beyond it the cost would grow with the
+// recipient list while the answer (split or not) is usually known.
+const MaxSplitRecipients = 50
+
+// Reason says which rule decided.
+type Reason string
+
+const (
+	ReasonScript      Reason = "script"       // the script set ${binding}
+	ReasonMatchDomain Reason = "match_domain" // the sender's domain is a Match_Domain
+	ReasonFallback    Reason = "fallback"     // nothing matched
+	ReasonPolicyError Reason = "policy_error" // runtime error or unknown name; see On_Policy_Error
+	ReasonReject      Reason = "reject"       // the script ran reject/ereject
+)
+
+// Action is what the milter must answer.
+type Action int
+
+const (
+	Accept   Action = iota // add the binding header and accept
+	Reject                 // 5xx with RejectText
+	Tempfail               // 4xx (On_Policy_Error = tempfail)
+)
+
+// String is the action's name: "accept", "reject" or "tempfail".
+func (a Action) String() string {
+	switch a {
+	case Reject:
+		return "reject"
+	case Tempfail:
+		return "tempfail"
+	default:
+		return "accept"
+	}
+}
+
+// Step is one line of the trace.
+type Step struct {
+	Rule   string `json:"rule"`           // "script", "match_domain", "group", "list", "fallback", "error", "recipients"
+	Line   int    `json:"line,omitempty"` // script line, when known
+	Detail string `json:"detail"`
+}
+
+// Decision is the outcome for one message. Its JSON form (MarshalJSON) is
+// what "vipmilter test --json" prints.
+type Decision struct {
+	// Binding is the chosen binding name. The fallback without a declared
+	// "default" binding is reported as "default" too (config.DefaultBindingName).
+	Binding    string
+	Group      string // group the binding was picked from, if any
+	Reason     Reason
+	Action     Action
+	RejectText string // reason given to reject/ereject
+	Trace      []Step
+	Err        error // the policy error, when Reason is ReasonPolicyError
+	// Split is true when the recipients would have been placed on
+	// different bindings (a different script result, or another member of
+	// a sticky group for another recipient domain); the message leaves by
+	// its first recipient's.
+	Split bool
+	// Unavailable counts group members passed over because their address
+	// was not on the host.
+	Unavailable int
+	Elapsed     time.Duration
+}
+
+// MarshalJSON gives a Decision as one object: binding, group, reason,
+// action ("accept", "reject", "tempfail"), reject, split, unavailable,
+// error (text) and trace; Elapsed is left out.
+func (d Decision) MarshalJSON() ([]byte, error) {
+	out := struct {
+		Binding     string `json:"binding"`
+		Group       string `json:"group,omitempty"`
+		Reason      Reason `json:"reason"`
+		Action      string `json:"action"`
+		Reject      string `json:"reject,omitempty"`
+		Split       bool   `json:"split"`
+		Unavailable int    `json:"unavailable,omitempty"`
+		Error       string `json:"error,omitempty"`
+		Trace       []Step `json:"trace"`
+	}{d.Binding, d.Group, d.Reason, d.Action.String(), d.RejectText, d.Split, d.Unavailable, "", d.Trace}
+	if d.Err != nil {
+		out.Error = d.Err.Error()
+	}
+	return json.Marshal(out)
+}
+
+// outcome is what one script run says.
+type outcome struct {
+	value      string // ${binding} at the end, trimmed
+	reject     bool
+	rejectText string
+}
+
+// Decide places one message. It never fails: errors become a Decision
+// with Reason ReasonPolicyError and Action per On_Policy_Error.
+func (p *Policy) Decide(ctx context.Context, m *Message) Decision {
+	start := time.Now()
+	d := p.decide(ctx, m)
+	d.Elapsed = time.Since(start)
+	return d
+}
+
+func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
+	first := ""
+	if len(m.To) > 0 {
+		first = m.To[0]
+	}
+	var out outcome
+	if p.script != nil {
+		var err error
+		out, err = p.run(ctx, m, first)
+		if err != nil {
+			return p.policyError(d, fmt.Errorf("sieve script: %w", err))
+		}
+		if out.reject {
+			d.Binding = ""
+			d.Reason = ReasonReject
+			d.Action = Reject
+			d.RejectText = out.rejectText
+			d.Trace = append(d.Trace, Step{Rule: "script", Detail: "reject: " + out.rejectText})
+			return d
+		}
+	}
+	if len(m.To) > 1 {
+		// Recorded after the decision's own steps so the trace reads in
+		// order.
+		defer func() {
+			if d.Reason == ReasonPolicyError {
+				return
+			}
+			if step, split := p.splitCheck(ctx, m, out.value); split {
+				d.Split = true
+				d.Trace = append(d.Trace, step)
+			}
+		}()
+	}
+	switch {
+	case out.value != "":
+		d.Reason = ReasonScript
+		d.Trace = append(d.Trace, Step{Rule: "script", Line: p.setLines[out.value], Detail: "binding = " + out.value})
+		if err := p.resolve(out.value, m, &d); err != nil {
+			return p.policyError(d, err)
+		}
+	default:
+		if b := p.matchDomain(m.From); b != nil {
+			d.Reason = ReasonMatchDomain
+			// The trace shows the domain as the sender wrote it.
+			d.Trace = append(d.Trace, Step{Rule: "match_domain", Detail: m.From[strings.LastIndexByte(m.From, '@')+1:] + " -> " + b.Name})
+			if err := p.resolve(b.Name, m, &d); err != nil {
+				return p.policyError(d, err)
+			}
+			return d
+		}
+		p.fallback(&d)
+	}
+	return d
+}
+
+// matchDomain is the binding whose Match_Domain is the envelope sender's
+// domain, compared in canonical form (config.MatchDomain keys on
+// config.Domain: case, trailing dot and U-labels do not matter), or nil.
+func (p *Policy) matchDomain(from string) *config.Binding {
+	if from == "" {
+		return nil
+	}
+	return p.cfg.MatchDomain(from)
+}
+
+func (p *Policy) fallback(d *Decision) {
+	d.Binding = config.DefaultBindingName
+	d.Group = ""
+	if d.Reason == "" {
+		d.Reason = ReasonFallback
+	}
+	detail := "binding " + config.DefaultBindingName
+	if p.cfg.Default() == nil {
+		detail += " (not declared: Postfix delivers without a source binding)"
+	}
+	d.Trace = append(d.Trace, Step{Rule: "fallback", Detail: detail})
+}
+
+func (p *Policy) policyError(d Decision, err error) Decision {
+	d.Err = err
+	d.Reason = ReasonPolicyError
+	d.Trace = append(d.Trace, Step{Rule: "error", Detail: err.Error()})
+	if p.cfg.OnPolicyError == config.PolicyErrorTempfail {
+		d.Action = Tempfail
+		d.Binding = ""
+		d.Group = ""
+		return d
+	}
+	d.Action = Accept
+	p.fallback(&d)
+	return d
+}
+
+// splitCheck places every other distinct recipient as if it came first
+// and reports the first one that would leave from another binding: the
+// script is run again for it when the script can read envelope "to", and
+// a sticky group picks its member by that recipient's domain.
+func (p *Policy) splitCheck(ctx context.Context, m *Message, value string) (Step, bool) {
+	// Only the script (when it reads "to") and sticky groups depend on
+	// the recipient; anything else places every recipient alike.
+	if !p.readsTo && !p.sticky(value, m.From) {
+		return Step{}, false
+	}
+	want := p.placement(value, m.From, m.To[0])
+	seen := map[string]struct{}{p.recipientKey(m.To[0]): {}}
+	for _, rcpt := range m.To[1:] {
+		if len(seen) >= MaxSplitRecipients {
+			break
+		}
+		k := p.recipientKey(rcpt)
+		if _, ok := seen[k]; ok {
+			continue
+		}
+		seen[k] = struct{}{}
+		v := value
+		if p.readsTo {
+			out, err := p.run(ctx, m, rcpt)
+			if err != nil || out.reject {
+				continue
+			}
+			v = out.value
+		}
+		if got := p.placement(v, m.From, rcpt); got != want {
+			return Step{Rule: "recipients", Detail: fmt.Sprintf("%s would get %s, not %s; the message leaves by its first recipient's", rcpt, got, want)}, true
+		}
+	}
+	return Step{}, false
+}
+
+// recipientKey identifies the recipients split detection must place apart:
+// each address when the script reads it, else each domain.
+func (p *Policy) recipientKey(rcpt string) string {
+	if p.readsTo {
+		return strings.ToLower(envelopeAddress(rcpt))
+	}
+	return domainOf(rcpt)
+}
+
+// sticky reports whether value (a script result, "" for Match_Domain or
+// the fallback) names a sticky group, alone or in a comma list.
+func (p *Policy) sticky(value, from string) bool {
+	if value == "" {
+		if b := p.matchDomain(from); b != nil {
+			value = b.Name
+		}
+	}
+	for e := range strings.SplitSeq(value, ",") {
+		if g := p.cfg.Group(strings.TrimSpace(e)); g != nil && g.Selection == config.SelectSticky {
+			return true
+		}
+	}
+	return false
+}
+
+// placement names where value sends a message whose first recipient is
+// rcpt, without side effects: a binding, a sticky group's member for
+// rcpt's domain, or the group or list itself where the pick is random.
+func (p *Policy) placement(value, from, rcpt string) string {
+	if value == "" {
+		if b := p.matchDomain(from); b != nil {
+			return b.Name
+		}
+		return config.DefaultBindingName + " (fallback)"
+	}
+	if strings.Contains(value, ",") {
+		return "one of " + value
+	}
+	if b := p.cfg.Binding(value); b != nil {
+		return b.Name
+	}
+	g := p.cfg.Group(value)
+	if g == nil || len(g.Members) == 0 {
+		return value + " (error)"
+	}
+	if g.Selection != config.SelectSticky {
+		return "group " + g.Name
+	}
+	live, _, missing := p.candidates(g)
+	if len(live) == 0 {
+		if missing > 0 {
+			return g.Name + " (error)"
+		}
+		live = g.Members
+	}
+	return rendezvous(live, domainOf(rcpt)).Name
+}
+
+// run executes the script once with to as envelope "to".
+func (p *Policy) run(ctx context.Context, m *Message, to string) (out outcome, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("script panicked: %v", r)
+		}
+	}()
+	v := &view{m: m, to: to, p: p}
+	rd := interp.NewRuntimeData(p.script, noRedirect{}, v, v)
+	rd.Env = v
+	if err := p.script.Execute(ctx, rd); err != nil {
+		return out, err
+	}
+	for _, a := range rd.AppliedActions {
+		switch a := a.(type) {
+		case interp.ActionReject:
+			return outcome{reject: true, rejectText: a.Reason}, nil
+		case interp.ActionEReject:
+			return outcome{reject: true, rejectText: a.Reason}, nil
+		}
+	}
+	if p.flagBinding {
+		out.value = strings.TrimSpace(flagBinding(rd))
+	} else {
+		out.value = strings.TrimSpace(rd.Variables["binding"])
+	}
+	return out, nil
+}
+
+// resolve turns a script value (binding, group or comma list) into a
+// binding, filling d.Binding, d.Group and the trace.
+func (p *Policy) resolve(value string, m *Message, d *Decision) error {
+	name := value
+	if strings.Contains(value, ",") {
+		var entries []string
+		for e := range strings.SplitSeq(value, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				entries = append(entries, e)
+			}
+		}
+		if len(entries) == 0 {
+			return fmt.Errorf("binding list %q is empty", value)
+		}
+		name = entries[rand.IntN(len(entries))]
+		d.Trace = append(d.Trace, Step{Rule: "list", Detail: fmt.Sprintf("%s: picked %s", strings.Join(entries, ","), name)})
+	}
+	if b := p.cfg.Binding(name); b != nil {
+		d.Binding = b.Name
+		if b.Group != nil {
+			d.Group = b.Group.Name
+		}
+		return nil
+	}
+	if g := p.cfg.Group(name); g != nil {
+		if len(g.Members) == 0 {
+			return fmt.Errorf("group %q has no members", name)
+		}
+		b, err := p.pick(g, m, d)
+		if err != nil {
+			return err
+		}
+		d.Binding = b.Name
+		d.Group = g.Name
+		return nil
+	}
+	return fmt.Errorf("binding %q: no such binding or group", name)
+}
