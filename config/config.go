@@ -80,8 +80,8 @@ type Config struct {
 	// SendmailSocketmap is where serve answers Sendmail's socketmap
 	// (queue id → binding); zero when Sendmail is not used.
 	SendmailSocketmap Listen
-	PolicyListen    Listen            // Policy_Listen: the SMTPD policy service socket, default DefaultPolicyListen
-	Hook            Hook              // Hook: auto (default), milter or policy
+	PolicyListen      Listen // Policy_Listen: the SMTPD policy service socket, default DefaultPolicyListen
+	Hook              Hook   // Hook: auto (default), milter or policy
 
 	// Bindings holds every binding in file order, group members included.
 	Bindings []*Binding

@@ -5,14 +5,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 	"io"
 	"log/slog"
-	"net"
 	"net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -72,9 +71,9 @@ type realHost struct {
 // newRealHost builds the namespaces, sinks and a private Postfix, lets
 // prepare configure it as the host's administrator would (its own milters,
 // filters, checks), then runs "vipmilter postfix" and "vipmilter serve".
-func newRealHost(t *testing.T, ctx context.Context, prepare func(pf *Postfix, n *Network) error) *realHost {
+func newRealHost(t *testing.T, ctx context.Context, prepare func(pf *testenv.Postfix, n *Network) error) *realHost {
 	t.Helper()
-	requirePrereqs(t)
+	testenv.Require(t, Prereqs)
 	tmp := t.TempDir()
 	bin := os.Getenv("VIPE2E_BIN")
 	if bin == "" {
@@ -104,12 +103,12 @@ func newRealHost(t *testing.T, ctx context.Context, prepare func(pf *Postfix, n 
 			t.Error(err)
 		}
 	})
-	for _, a := range []string{SinkAddr4, "[" + SinkAddr6 + "]"} {
-		sk, err := StartSink(ctx, n.Sink, a, s.SinkDir)
-		if err != nil {
-			t.Fatal(err)
-		}
+	sinks, err := StartSinks(ctx, n, s.SinkDir)
+	for _, sk := range sinks {
 		t.Cleanup(sk.Stop)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, a := range []string{srcRHDefault.Addr, srcRHNews.Addr, srcRHLate.Addr} {
 		if err := n.AddAddress(ctx, a); err != nil {
@@ -137,8 +136,8 @@ func newRealHost(t *testing.T, ctx context.Context, prepare func(pf *Postfix, n 
 
 // submitRaw sends a whole message (header and body as written) over SMTP
 // from inside ns to Postfix on 127.0.0.1:25.
-func submitRaw(ctx context.Context, ns, from string, to []string, msg string) error {
-	conn, err := DialIn(ctx, ns, "127.0.0.1:25")
+func submitRaw(ctx context.Context, ns *testenv.NS, from string, to []string, msg string) error {
+	conn, err := ns.Dial(ctx, "127.0.0.1:25")
 	if err != nil {
 		return err
 	}
@@ -172,49 +171,20 @@ func submitRaw(ctx context.Context, ns, from string, to []string, msg string) er
 	return c.Quit()
 }
 
-// listenIn opens a TCP listener inside namespace ns (see DialIn).
-func listenIn(ns, addr string) (net.Listener, error) {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := os.Open("/var/run/netns/" + ns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer target.Close()
-	if err := setns(target); err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	ln, lerr := net.Listen("tcp", addr)
-	if err := setns(orig); err != nil {
-		if ln != nil {
-			ln.Close()
-		}
-		return nil, fmt.Errorf("back to the original namespace: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ln, lerr
-}
 
 // contentFilter is an after-queue SMTP content filter as in Postfix's
 // FILTER_README: it receives on 127.0.0.1:10024 in the mta namespace, adds
 // "X-Filtered: yes" to the top of each message (it changes the message)
 // and re-injects it into Postfix on 127.0.0.1:10025.
 type contentFilter struct {
-	ns       string
+	ns       *testenv.NS
 	srv      *gosmtp.Server
 	received atomic.Int64
 }
 
-func startContentFilter(t *testing.T, ns string) *contentFilter {
+func startContentFilter(t *testing.T, ns *testenv.NS) *contentFilter {
 	t.Helper()
-	ln, err := listenIn(ns, "127.0.0.1:10024")
+	ln, err := ns.Listen("127.0.0.1:10024")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +228,7 @@ func (s *filterSession) Data(r io.Reader) error {
 	msg := "X-Filtered: yes\r\n" + string(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := DialIn(ctx, s.f.ns, "127.0.0.1:10025")
+	conn, err := s.f.ns.Dial(ctx, "127.0.0.1:10025")
 	if err != nil {
 		return &gosmtp.SMTPError{Code: 451, Message: err.Error()}
 	}
@@ -295,11 +265,11 @@ func (s *filterSession) Data(r io.Reader) error {
 
 // startOpenDKIM runs Debian's opendkim inside ns on inet 127.0.0.1:8891,
 // signing mail from example.org with a key made by opendkim-genkey in dir.
-func startOpenDKIM(t *testing.T, ctx context.Context, ns, dir string) {
+func startOpenDKIM(t *testing.T, ctx context.Context, ns *testenv.NS, dir string) {
 	t.Helper()
 	for _, bin := range []string{"opendkim", "opendkim-genkey"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("CI") == "true" {
+			if testenv.InCI() {
 				t.Fatalf("%s not on PATH (apt-get install opendkim opendkim-tools)", bin)
 			}
 			t.Skipf("%s not on PATH (apt-get install opendkim opendkim-tools)", bin)
@@ -328,21 +298,21 @@ func startOpenDKIM(t *testing.T, ctx context.Context, ns, dir string) {
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := Exec(context.Background(), ns, "opendkim", "-f", "-x", conf)
+	cmd := ns.Command(context.Background(), "opendkim", "-f", "-x", conf)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if err := waitListen(ctx, ns, "127.0.0.1", 8891); err != nil {
+	if err := ns.WaitListen(ctx, "127.0.0.1:8891"); err != nil {
 		t.Fatalf("opendkim: %v: %s", err, out.String())
 	}
 }
 
 // dumpHas tells whether a sink dump contains s anywhere (header or body,
 // attached parts included).
-func dumpHas(t *testing.T, m Received, s string) bool {
+func dumpHas(t *testing.T, m testenv.Received, s string) bool {
 	t.Helper()
 	b, err := os.ReadFile(m.File)
 	if err != nil {
@@ -352,7 +322,7 @@ func dumpHas(t *testing.T, m Received, s string) bool {
 }
 
 // queueNames lists "queue_name" of every queued message.
-func queueNames(t *testing.T, ctx context.Context, pf *Postfix) []string {
+func queueNames(t *testing.T, ctx context.Context, pf *testenv.Postfix) []string {
 	t.Helper()
 	qs, err := pf.Entries(ctx)
 	if err != nil {
@@ -366,7 +336,7 @@ func queueNames(t *testing.T, ctx context.Context, pf *Postfix) []string {
 }
 
 // lines counts the maillog lines that contain s.
-func logCount(pf *Postfix, s string) int {
+func logCount(pf *testenv.Postfix, s string) int {
 	n := 0
 	sc := bufio.NewScanner(strings.NewReader(pf.Log()))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,9 +27,9 @@ func (h *realHost) expect(t *testing.T, ctx context.Context, cases ...Case) []Ou
 }
 
 // received returns the sink's message with subject.
-func (h *realHost) received(t *testing.T, subject string) Received {
+func (h *realHost) received(t *testing.T, subject string) testenv.Received {
 	t.Helper()
-	msgs, err := ReadDumps(h.SinkDir)
+	msgs, err := testenv.ReadDumps(h.SinkDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +39,7 @@ func (h *realHost) received(t *testing.T, subject string) Received {
 		}
 	}
 	t.Fatalf("%q not at the sink", subject)
-	return Received{}
+	return testenv.Received{}
 }
 
 // holdDelivery makes every transport defer, so mail stays queued for a
@@ -70,7 +71,7 @@ func (h *realHost) release(t *testing.T, ctx context.Context) {
 // being received (incoming/maildrop).
 func (h *realHost) waitQueued(t *testing.T, ctx context.Context, n int, queue string) {
 	t.Helper()
-	err := Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+	err := testenv.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
 		names := queueNames(t, ctx, h.Postfix)
 		in := 0
 		for _, q := range names {
@@ -103,10 +104,10 @@ func (h *realHost) requeue(t *testing.T, ctx context.Context) {
 		t.Fatal(err)
 	}
 	// Wake pickup now rather than at its next 60 s wakeup.
-	if _, err := run(ctx, "postkick", "-c", h.Postfix.Dir, "public", "pickup", "W"); err != nil {
+	if _, err := testenv.Run(ctx, "postkick", "-c", h.Postfix.Dir, "public", "pickup", "W"); err != nil {
 		t.Fatal(err)
 	}
-	err := Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+	err := testenv.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
 		entries, _ := os.ReadDir(filepath.Join(h.Postfix.Dir, "queue", "maildrop"))
 		return len(entries) == 0 && logCount(h.Postfix, "postfix/vip_cleanup/cleanup") > before, nil
 	}, "requeued mail to pass pickup's cleanup")
@@ -120,7 +121,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 	defer cancel()
 	// The administrator's own egress check: vipmilter must add to it,
 	// never replace it.
-	h := newRealHost(t, ctx, func(pf *Postfix, _ *Network) error {
+	h := newRealHost(t, ctx, func(pf *testenv.Postfix, _ *Network) error {
 		if err := os.WriteFile(filepath.Join(pf.Dir, "secret_checks"), []byte("/^X-Internal-Secret:/ IGNORE\n"), 0o644); err != nil {
 			return err
 		}
@@ -249,10 +250,10 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		// A second host in the sink namespace refuses DATA for good: the
 		// bounce attaches the original, whose header holds the key.
 		const refuser = "192.0.2.253"
-		if _, err := run(ctx, "ip", "-n", h.Net.Sink, "addr", "add", refuser+"/24", "dev", "eth0"); err != nil {
+		if _, err := h.Net.Sink.IP(ctx, "addr", "add", refuser+"/24", "dev", "eth0"); err != nil {
 			t.Fatal(err)
 		}
-		sk, err := startSink(ctx, h.Net.Sink, refuser, "", "-u", "nobody", "-f", "DATA", refuser+":25", "10")
+		sk, err := testenv.StartSink(ctx, h.Net.Sink, refuser+":25", "", "-f", "DATA")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -261,9 +262,9 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		if err := Submit(ctx, h.Net.MTA, c.Msg); err != nil {
 			t.Fatal(err)
 		}
-		var bounce Received
-		err = Poll(ctx, 200*time.Millisecond, func() (bool, error) {
-			msgs, err := ReadDumps(h.SinkDir)
+		var bounce testenv.Received
+		err = testenv.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+			msgs, err := testenv.ReadDumps(h.SinkDir)
 			for _, m := range msgs {
 				if strings.Contains(m.Header.Get("Subject"), "Undelivered") && dumpHas(t, m, "bounced newsletter") {
 					bounce = m
@@ -304,7 +305,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		if err := h.Reload(); err != nil {
 			t.Fatal(err)
 		}
-		if err := Poll(ctx, 100*time.Millisecond, func() (bool, error) {
+		if err := testenv.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
 			return strings.Contains(h.ServeOutput(), "policy reloaded"), nil
 		}, "serve to reload"); err != nil {
 			t.Fatal(err)
@@ -317,7 +318,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		if logCount(h.Postfix, "binding Late is unknown to Postfix") == 0 {
 			t.Errorf("the hold is not logged with its reason")
 		}
-		if msgs, _ := ReadDumps(h.SinkDir); len(msgs) > 0 {
+		if msgs, _ := testenv.ReadDumps(h.SinkDir); len(msgs) > 0 {
 			for _, m := range msgs {
 				if m.Header.Get("Subject") == c.Msg.Subject {
 					t.Fatalf("held mail left from %s", m.ClientAddr)
@@ -330,7 +331,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		if stale, detail, err := postfix.Stale(cfg, h.Postfix.Dir); err != nil || stale {
 			t.Fatalf("after vipmilter postfix: Stale = %v, %q, %v", stale, detail, err)
 		}
-		if _, err := run(ctx, "ip", "netns", "exec", h.Net.MTA, "postsuper", "-c", h.Postfix.Dir, "-r", "ALL", "hold"); err != nil {
+		if _, err := h.Net.MTA.Run(ctx, "postsuper", "-c", h.Postfix.Dir, "-r", "ALL", "hold"); err != nil {
 			t.Fatal(err)
 		}
 		h.expect(t, ctx, c)
@@ -342,7 +343,7 @@ func TestRealHostOpenDKIM(t *testing.T) {
 	defer cancel()
 	const dkim = "inet:127.0.0.1:8891"
 	var dkimDir string
-	h := newRealHost(t, ctx, func(pf *Postfix, n *Network) error {
+	h := newRealHost(t, ctx, func(pf *testenv.Postfix, n *Network) error {
 		dkimDir = filepath.Join(pf.Dir, "..", "opendkim")
 		startOpenDKIM(t, ctx, n.MTA, dkimDir)
 		return pf.Postconf(ctx, "smtpd_milters = "+dkim, "non_smtpd_milters = "+dkim, "milter_default_action = accept")
@@ -393,7 +394,7 @@ func TestRealHostContentFilter(t *testing.T) {
 	defer cancel()
 	var filter *contentFilter
 	const reinject = "127.0.0.1:10025 inet n - n - - smtpd -o content_filter= -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters -o smtpd_relay_restrictions=permit_mynetworks,reject -o mynetworks=127.0.0.0/8\n"
-	h := newRealHost(t, ctx, func(pf *Postfix, n *Network) error {
+	h := newRealHost(t, ctx, func(pf *testenv.Postfix, n *Network) error {
 		filter = startContentFilter(t, n.MTA)
 		if err := pf.AppendMaster("scan unix - - n - 4 smtp\n" + reinject); err != nil {
 			return err
@@ -437,18 +438,18 @@ func TestRealHostContentFilter(t *testing.T) {
 	}
 }
 
-func postconfH(t *testing.T, ctx context.Context, pf *Postfix, name string) string {
+func postconfH(t *testing.T, ctx context.Context, pf *testenv.Postfix, name string) string {
 	t.Helper()
-	out, err := run(ctx, "postconf", "-c", pf.Dir, "-h", name)
+	out, err := testenv.Run(ctx, "postconf", "-c", pf.Dir, "-h", name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(out)
 }
 
-func postconfP(t *testing.T, ctx context.Context, pf *Postfix) string {
+func postconfP(t *testing.T, ctx context.Context, pf *testenv.Postfix) string {
 	t.Helper()
-	out, err := run(ctx, "postconf", "-c", pf.Dir, "-P")
+	out, err := testenv.Run(ctx, "postconf", "-c", pf.Dir, "-P")
 	if err != nil {
 		t.Fatal(err)
 	}
