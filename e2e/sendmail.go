@@ -471,25 +471,9 @@ func SendmailDebCache() string {
 // example binding file.
 const SendmailSocketmapListen = "inet:127.0.0.1:8895"
 
-// CopySendmailExamples copies vipmilter.conf and policy.sieve from examples
-// into dst, adding Sendmail_Socketmap, and returns the binding file's path.
+// CopySendmailExamples is CopyExamples with Sendmail_Socketmap added.
 func CopySendmailExamples(examples, dst string) (string, error) {
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return "", fmt.Errorf("examples copy: %w", err)
-	}
-	for _, f := range []string{"vipmilter.conf", "policy.sieve"} {
-		b, err := os.ReadFile(filepath.Join(examples, f))
-		if err != nil {
-			return "", fmt.Errorf("examples copy: %w", err)
-		}
-		if f == "vipmilter.conf" {
-			b = append([]byte("Sendmail_Socketmap = \""+SendmailSocketmapListen+"\"\n"), b...)
-		}
-		if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
-			return "", fmt.Errorf("examples copy: %w", err)
-		}
-	}
-	return filepath.Join(dst, "vipmilter.conf"), nil
+	return CopyExamples(examples, dst, "Sendmail_Socketmap = \""+SendmailSocketmapListen+"\"")
 }
 
 // SendmailExampleCases are the example cases Sendmail can carry: the IPv6

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -232,4 +233,28 @@ func (s *System) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CopyExamples copies vipmilter.conf and policy.sieve from examples into
+// dst and returns the binding file's path. The copy's settings (one per
+// line, before the example's own) always include a Binding_Header_Key in
+// dst, so a test or the demo never writes /etc/vipmilter.
+func CopyExamples(examples, dst string, settings ...string) (string, error) {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return "", fmt.Errorf("examples copy: %w", err)
+	}
+	settings = append(settings, fmt.Sprintf("Binding_Header_Key = %q", filepath.Join(dst, "binding-header.key")))
+	for _, f := range []string{"vipmilter.conf", "policy.sieve"} {
+		b, err := os.ReadFile(filepath.Join(examples, f))
+		if err != nil {
+			return "", fmt.Errorf("examples copy: %w", err)
+		}
+		if f == "vipmilter.conf" {
+			b = append([]byte(strings.Join(settings, "\n")+"\n"), b...)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
+			return "", fmt.Errorf("examples copy: %w", err)
+		}
+	}
+	return filepath.Join(dst, "vipmilter.conf"), nil
 }

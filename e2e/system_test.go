@@ -40,28 +40,15 @@ func startSystem(t *testing.T, ctx context.Context) *System {
 			t.Fatal(err)
 		}
 	}
-	conf := filepath.Join(tmp, "conf")
-	if err := os.MkdirAll(conf, 0o755); err != nil {
+	conf, err := CopyExamples(filepath.Join(repoRoot(t), "examples"), filepath.Join(tmp, "conf"))
+	if err != nil {
 		t.Fatal(err)
-	}
-	for _, f := range []string{"vipmilter.conf", "policy.sieve"} {
-		b, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f == "vipmilter.conf" {
-			// The key lives with the test, never in /etc/vipmilter.
-			b = append(b, fmt.Sprintf("\nBinding_Header_Key = %q\n", filepath.Join(conf, "binding-header.key"))...)
-		}
-		if err := os.WriteFile(filepath.Join(conf, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
 	// Binding addresses are put in place by "vipmilter provision", as on a
 	// real host; VIPE2E_IPADDR=1 uses ip(8) instead, to tell a provisioning
 	// fault from a routing one.
 	s, err := StartSystem(ctx, SystemOptions{
-		Bin: bin, Config: filepath.Join(conf, "vipmilter.conf"), Dir: tmp,
+		Bin: bin, Config: conf, Dir: tmp,
 		IPAddrFallback: os.Getenv("VIPE2E_IPADDR") == "1",
 	})
 	if err != nil {

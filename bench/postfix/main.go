@@ -207,6 +207,7 @@ func writeBindings(dir string, v variant) (string, error) {
 		return "", err
 	}
 	conf := fmt.Sprintf(`Milter_Listen = %q
+Binding_Header_Key = %q
 Sieve_Script = "bench.sieve"
 Binding_Header = "X-Binding"
 On_Policy_Error = default
@@ -221,7 +222,7 @@ Binding "Example" {
   EHLO_Hostname = mta1.example.com
   Match_Domain = example.com
 }
-`, v.listen)
+`, v.listen, filepath.Join(dir, "binding-header.key"))
 	p := filepath.Join(dir, "bench.conf")
 	return p, os.WriteFile(p, []byte(conf), 0o644)
 }

@@ -55,7 +55,7 @@ func run() int {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	conf, err := filepath.Abs(filepath.Join(*examples, "vipmilter.conf"))
+	conf, err := e2e.CopyExamples(*examples, filepath.Join(dir, "conf"))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vipmilter-demo: %v\n", err)
 		return 1

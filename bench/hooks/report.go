@@ -1,0 +1,150 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+
+	"github.com/vipmilter/vipmilter/e2e"
+)
+
+// pooled is one variant's figures over the bursts that count.
+type pooled struct {
+	counted  map[int]burst // by round
+	fallback bool          // no burst was below -max-other: all of them count
+	all      []burst
+	msgs     int
+	postfix  float64 // seconds
+	milter   float64 // seconds
+}
+
+func pool(name string, bursts []burst, maxOther float64) pooled {
+	p := pooled{counted: map[int]burst{}}
+	for _, b := range bursts {
+		if b.variant == name {
+			p.all = append(p.all, b)
+		}
+	}
+	keep := func(b burst) bool { return b.use.others <= maxOther }
+	if !slices.ContainsFunc(p.all, keep) {
+		p.fallback = true
+		keep = func(burst) bool { return true }
+	}
+	for _, b := range p.all {
+		if keep(b) {
+			p.counted[b.round] = b
+			p.msgs += b.n
+			p.postfix += b.use.postfix
+			p.milter += b.use.milter
+		}
+	}
+	return p
+}
+
+// perMsg is seconds per message → milliseconds per message.
+func (p pooled) perMsg(s float64) float64 {
+	if p.msgs == 0 {
+		return 0
+	}
+	return 1000 * s / float64(p.msgs)
+}
+
+// ratios are the rate ratios to base in the rounds where both counted.
+func (p pooled) ratios(base pooled) []float64 {
+	var rs []float64
+	for r, b := range p.counted {
+		if o, ok := base.counted[r]; ok {
+			rs = append(rs, b.rate()/o.rate())
+		}
+	}
+	return rs
+}
+
+// cpuRatios are, per round where both counted, base's Postfix+milter CPU
+// per message over p's: how much slower p would be if CPU were the only
+// limit (both cores are saturated during a burst).
+func (p pooled) cpuRatios(base pooled) []float64 {
+	var rs []float64
+	for r, b := range p.counted {
+		if o, ok := base.counted[r]; ok {
+			rs = append(rs, (o.use.postfix+o.use.milter)/float64(o.n)/((b.use.postfix+b.use.milter)/float64(b.n)))
+		}
+	}
+	return rs
+}
+
+// cpuRatio is the same over the pooled bursts.
+func (p pooled) cpuRatio(base pooled) float64 {
+	return (base.postfix + base.milter) / float64(base.msgs) / ((p.postfix + p.milter) / float64(p.msgs))
+}
+
+func fmtCPURatio(pooled float64, rs []float64) string {
+	if len(rs) == 0 {
+		return "–"
+	}
+	s := fmt.Sprintf("%.3f", pooled)
+	if len(rs) > 1 {
+		s += fmt.Sprintf(" (%.2f–%.2f)", slices.Min(rs), slices.Max(rs))
+	}
+	return s
+}
+
+func fmtRatio(rs []float64) string {
+	if len(rs) == 0 {
+		return "–"
+	}
+	s := fmt.Sprintf("%.2f×", e2e.Median(rs))
+	if len(rs) > 1 {
+		s += fmt.Sprintf(" (%.2f–%.2f)", slices.Min(rs), slices.Max(rs))
+	}
+	return s
+}
+
+// report prints one row per variant that ran.
+func report(w io.Writer, vs []variant, bursts []burst, maxOther float64) {
+	pools := map[string]pooled{}
+	for _, v := range vs {
+		pools[v.name] = pool(v.name, bursts, maxOther)
+	}
+	base := pools["no milter"]
+	basePF := base.perMsg(base.postfix)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIANT\tMSG/S\t× NO MILTER\t× FLOOR\tPOSTFIX CPU s/1000 msg\tMILTER CPU ms/msg\tADDED CPU ms/msg\tCPU RATIO\tCPU RATIO × FLOOR\tMILTER CPU × FLOOR\tBURSTS KEPT\tOTHERS' CPU SHARE")
+	for _, v := range vs {
+		p := pools[v.name]
+		if len(p.all) == 0 {
+			continue
+		}
+		var rates, others []float64
+		for _, b := range p.counted {
+			rates = append(rates, b.rate())
+		}
+		for _, b := range p.all {
+			others = append(others, 100*b.use.others)
+		}
+		pf, ml := p.perMsg(p.postfix), p.perMsg(p.milter)
+		vsFloor, cpuVsFloor, milterVsFloor := "–", "–", "–"
+		if v.kind == kindMilter || v.kind == kindPolicy {
+			f := pools[floorOf(v)]
+			vsFloor = fmtRatio(p.ratios(f))
+			cpuVsFloor = fmtCPURatio(p.cpuRatio(f), p.cpuRatios(f))
+			if fm := f.perMsg(f.milter); fm > 0 {
+				milterVsFloor = fmt.Sprintf("%.2f×", ml/fm)
+			}
+		}
+		kept := fmt.Sprintf("%d/%d", len(p.counted), len(p.all))
+		if p.fallback {
+			kept = fmt.Sprintf("0/%d (all shown)", len(p.all))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%+.2f\t%s\t%s\t%s\t%s\t%.0f–%.0f%%\n",
+			v.name, e2e.Median(rates), fmtRatio(p.ratios(base)), vsFloor,
+			pf, ml, pf+ml-basePF, fmtCPURatio(p.cpuRatio(base), p.cpuRatios(base)), cpuVsFloor, milterVsFloor,
+			kept, slices.Min(others), slices.Max(others))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "× NO MILTER / × FLOOR: median (range) of per-round throughput ratios to the same round's burst;\n"+
+		"CPU RATIO: Postfix alone's CPU per message / the variant's Postfix+milter CPU per message, pooled (range of rounds);\n"+
+		"CPU RATIO × FLOOR: the same against the floor milter on the same socket kind;\n"+
+		"a burst is kept when processes outside the benchmark used ≤ %.0f%% of the machine's CPU.\n", 100*maxOther)
+}

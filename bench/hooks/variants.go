@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/vipmilter/vipmilter/bench/hooks/floormilter"
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/e2e"
+)
+
+// Binding addresses on the mta side: Example's Match_Domain covers the
+// benchmark's sender (bench@example.com), so every variant that routes
+// sends from exampleAddr.
+const (
+	defaultAddr = "192.0.2.1"
+	exampleAddr = "192.0.2.10"
+)
+
+type kind int
+
+const (
+	kindNone   kind = iota // Postfix alone
+	kindFloor              // minimal C libmilter milter
+	kindMilter             // vipmilter, 50 header rules: the milter hook
+	kindDomain             // vipmilter, Match_Domain only: no hook
+	kindPolicy             // vipmilter, envelope-only script: the SMTPD policy-service hook (slot)
+)
+
+// variant is one way of running Postfix. listen is the milter's socket
+// (the policy service's for kindPolicy), "" for none.
+type variant struct {
+	name   string
+	kind   kind
+	listen string
+}
+
+func variants(dir string) []variant {
+	unix := func(name string) string { return "unix:" + filepath.Join(dir, name+".sock") }
+	return []variant{
+		{name: "no milter", kind: kindNone},
+		{name: "floor milter unix", kind: kindFloor, listen: unix("floor")},
+		{name: "floor milter inet", kind: kindFloor, listen: "inet:127.0.0.1:7201"},
+		{name: "vipmilter 50 rules unix", kind: kindMilter, listen: unix("vipmilter")},
+		{name: "vipmilter 50 rules inet", kind: kindMilter, listen: "inet:127.0.0.1:7202"},
+		{name: "vipmilter Match_Domain (no hook)", kind: kindDomain},
+		// Slot (e): the SMTPD policy-service hook, issue 11. It runs once
+		// "vipmilter serve" answers on Policy_Listen and "vipmilter
+		// postfix" renders check_policy_service; until then it is
+		// reported as not run, with the reason.
+		{name: "vipmilter policy unix", kind: kindPolicy, listen: unix("policy")},
+		{name: "vipmilter policy inet", kind: kindPolicy, listen: "inet:127.0.0.1:7203"},
+	}
+}
+
+// floorOf is the floor-milter variant on the same socket kind as v.
+func floorOf(v variant) string {
+	return "floor milter " + v.name[strings.LastIndexByte(v.name, ' ')+1:]
+}
+
+// notAvailable marks a variant this build cannot run yet (the policy slot).
+type notAvailable struct{ why string }
+
+func (n notAvailable) Error() string { return n.why }
+
+// running is a set-up variant: pid finds its milter process (nil: none),
+// stop ends it.
+type running struct {
+	pid  func() (int, error)
+	stop func()
+}
+
+// setup starts the variant's milter or service and configures Postfix for
+// it; the caller restarts Postfix.
+func (v variant) setup(ctx context.Context, b *bench) (running, error) {
+	none := running{stop: func() {}}
+	switch v.kind {
+	case kindNone:
+		return none, nil
+	case kindFloor:
+		conn, err := floormilter.Conn(v.listen)
+		if err != nil {
+			return none, err
+		}
+		cmd := b.netw.MTA.Command(context.Background(), b.floor, conn)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return none, fmt.Errorf("floor milter: %w", err)
+		}
+		// "ip netns exec" execs the milter: this is its process id.
+		r := running{pid: func() (int, error) { return cmd.Process.Pid, nil },
+			stop: func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }}
+		if err := e2e.WaitMilter(ctx, b.netw.MTA, v.listen); err != nil {
+			r.stop()
+			return none, err
+		}
+		if err := b.pf.Postconf(ctx, "smtpd_milters="+v.listen, "milter_default_action=tempfail", "milter_protocol=6"); err != nil {
+			r.stop()
+			return none, err
+		}
+		return r, nil
+	}
+
+	conf, err := writeBindings(b.dir, v)
+	if err != nil {
+		return none, err
+	}
+	sys := &e2e.System{Net: b.netw, Postfix: b.pf, Bin: b.bin, Config: conf, Log: slog.New(slog.DiscardHandler)}
+	if v.kind == kindPolicy {
+		if _, err := config.Load(conf); err != nil {
+			return none, notAvailable{"this build's binding file has no policy hook: " + firstLine(err.Error())}
+		}
+	}
+	if cached, ok := b.rendered[v.name]; ok {
+		// Rendered in an earlier round: the same files again, without
+		// the minutes "vipmilter postfix" takes on a loaded machine.
+		if err := writeConfig(b.pf.Dir, cached); err != nil {
+			return none, err
+		}
+	} else if err := b.render(ctx, v, sys); err != nil {
+		return none, err
+	}
+	if v.kind == kindDomain {
+		return none, nil
+	}
+	if err := sys.StartServe(ctx); err != nil {
+		return none, err
+	}
+	r := running{pid: func() (int, error) { return pidOf(b.bin, b.ns[0]) }, stop: func() { sys.StopServe(syscall.SIGTERM) }}
+	if v.kind == kindPolicy {
+		if err := e2e.WaitMilter(ctx, b.netw.MTA, v.listen); err != nil {
+			r.stop()
+			return none, fmt.Errorf("policy service: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// render configures Postfix for v with "vipmilter postfix" and keeps the
+// result for later rounds.
+func (b *bench) render(ctx context.Context, v variant, sys *e2e.System) error {
+	if err := sys.ApplyPostfix(ctx); err != nil {
+		return err
+	}
+	switch v.kind {
+	case kindDomain:
+		// No script: nothing to ask per message. Where the renderer
+		// still attaches the milter, detach it here (the hook issue 11
+		// asks the renderer to choose) and say so.
+		var attached []string
+		for _, p := range []string{"smtpd_milters", "non_smtpd_milters"} {
+			val, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-h", p)
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(val) != "" {
+				attached = append(attached, p)
+				if err := b.pf.Postconf(ctx, p+"="); err != nil {
+					return err
+				}
+			}
+		}
+		if len(attached) > 0 {
+			b.note(v.name, "\"vipmilter postfix\" attached the milter ("+strings.Join(attached, ", ")+"); the benchmark detached it, as Hook = auto should")
+		}
+	case kindPolicy:
+		rs, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-h", "smtpd_recipient_restrictions", "smtpd_data_restrictions", "smtpd_end_of_data_restrictions")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(rs, "check_policy_service") {
+			return notAvailable{"\"vipmilter postfix\" did not render check_policy_service for Hook = policy"}
+		}
+	}
+	files, err := readConfig(b.pf.Dir)
+	if err != nil {
+		return err
+	}
+	if b.rendered == nil {
+		b.rendered = map[string]map[string][]byte{}
+	}
+	b.rendered[v.name] = files
+	return nil
+}
+
+// note records something the reader of a variant's figures must know.
+func (b *bench) note(variant, s string) {
+	if b.notes == nil {
+		b.notes = map[string]string{}
+	}
+	b.log.Warn("note", "variant", variant, "note", s)
+	b.notes[variant] = s
+}
+
+// writeBindings writes the variant's binding file (and script) into dir.
+// The sender's domain is Example's Match_Domain; scripts test 50 things
+// that never match, so every message walks all of them and Match_Domain
+// places it.
+func writeBindings(dir string, v variant) (string, error) {
+	var head strings.Builder
+	fmt.Fprintf(&head, "Binding_Header = \"X-Binding\"\nBinding_Header_Key = %q\nOn_Policy_Error = default\nOn_Milter_Down = tempfail\nInterface = eth0\n",
+		filepath.Join(dir, "binding-header.key"))
+	var script strings.Builder
+	script.WriteString("require [\"envelope\", \"variables\"];\n")
+	switch v.kind {
+	case kindMilter:
+		fmt.Fprintf(&head, "Milter_Listen = %q\n", v.listen)
+		for i := range 50 {
+			fmt.Fprintf(&script, "if header :contains \"X-Bench-%d\" \"never-%d\" { set \"binding\" \"default\"; stop; }\n", i, i)
+		}
+	case kindPolicy:
+		fmt.Fprintf(&head, "Milter_Listen = %q\nHook = policy\nPolicy_Listen = %q\n", "unix:"+filepath.Join(dir, "policy-milter.sock"), v.listen)
+		for i := range 50 {
+			fmt.Fprintf(&script, "if envelope :domain :is \"from\" \"never-%d.test\" { set \"binding\" \"default\"; stop; }\n", i)
+		}
+	}
+	if v.kind != kindDomain {
+		if err := os.WriteFile(filepath.Join(dir, "bench.sieve"), []byte(script.String()), 0o644); err != nil {
+			return "", err
+		}
+		head.WriteString("Sieve_Script = \"bench.sieve\"\n")
+	}
+	// The milter reads the key; "vipmilter postfix" makes one too, but
+	// with the vipmilter group, which a bench machine may not have.
+	if _, err := config.EnsureHeaderKey(filepath.Join(dir, "binding-header.key"), -1); err != nil {
+		return "", err
+	}
+	conf := head.String() + `Binding "default" {
+  Bind_Address = ` + defaultAddr + `
+  EHLO_Hostname = mta.bench.test
+}
+Binding "Example" {
+  Bind_Address = ` + exampleAddr + `
+  EHLO_Hostname = mta1.example.com
+  Match_Domain = example.com
+}
+`
+	p := filepath.Join(dir, "bench.conf")
+	return p, os.WriteFile(p, []byte(conf), 0o644)
+}
+
+// pidOf finds the one process running exe inside the namespace with inode ns.
+func pidOf(exe string, ns uint64) (int, error) {
+	var found []int
+	for pid, p := range processes() {
+		if p.ns != ns {
+			continue
+		}
+		if target, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil && target == exe {
+			found = append(found, pid)
+		}
+	}
+	if len(found) != 1 {
+		return 0, fmt.Errorf("%s: want one process, found %v", exe, found)
+	}
+	return found[0], nil
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
