@@ -64,12 +64,36 @@ func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
 	return s
 }
 
-// checkSendmail waits for cases at the sink and reports every problem.
-// The binding header is not checked: Sendmail cannot strip it on delivery
-// (sendmail.Limitations says so).
+// checkSendmail waits for cases at the sink and reports every problem. On
+// Sendmail the milter writes no binding header (routing is by socketmap and
+// Sendmail could not strip one on delivery), so every X-Binding value that
+// arrives must be one the client itself sent.
 func checkSendmail(t *testing.T, ctx context.Context, s *SendmailSystem, cases []Case) []Outcome {
 	t.Helper()
-	return checkArrivedHeader(t, ctx, s.System, "", cases)
+	outs := checkArrivedHeader(t, ctx, s.System, "", cases)
+	msgs, err := testenv.ReadDumps(s.SinkDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		sent := map[string]bool{}
+		for _, h := range c.Msg.Headers {
+			if name, v, ok := strings.Cut(h, ":"); ok && strings.EqualFold(strings.TrimSpace(name), "X-Binding") {
+				sent[strings.TrimSpace(v)] = true
+			}
+		}
+		for _, m := range msgs {
+			if m.Header.Get("Subject") != c.Msg.Subject {
+				continue
+			}
+			for _, v := range m.Header.Values("X-Binding") {
+				if !sent[strings.TrimSpace(v)] {
+					t.Errorf("%s: X-Binding %q reached the sink; the client did not send it", c.Name, v)
+				}
+			}
+		}
+	}
+	return outs
 }
 
 // editConfig rewrites the binding file with old replaced by new.

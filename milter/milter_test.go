@@ -435,6 +435,30 @@ func TestDecided(t *testing.T) {
 	}
 }
 
+// TestNoHeader: with NoHeader (a Sendmail host) the decision reaches Decided
+// and no header is written, so nothing carries it to recipients.
+func TestNoHeader(t *testing.T) {
+	var got []string
+	var mu sync.Mutex
+	st := testSettings()
+	st.NoHeader = true
+	st.Decided = func(qid, binding string) {
+		mu.Lock()
+		got = append(got, qid+"="+binding)
+		mu.Unlock()
+	}
+	c := newSess(t, start(t, New(newFake(), st, quietLog()), "tcp"), "h")
+	r := c.send(t, msg{from: "a@blue.test", macros: map[string]string{"i": "Q1"}})
+	if _, add := summarize(r.mods); len(add) != 0 {
+		t.Errorf("NoHeader: added %v", add)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !equal(got, []string{"Q1=blue"}) {
+		t.Fatalf("Decided calls %q", got)
+	}
+}
+
 func TestSetPolicy(t *testing.T) {
 	a, b := newFake(), newFake()
 	s := New(a, testSettings(), quietLog())

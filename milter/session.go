@@ -168,8 +168,10 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, er
 	case sieve.Tempfail:
 		return gomilter.RejectWithCodeAndReason(451, "4.3.0 binding policy failed, try again later")
 	}
-	if err := m.AddHeader(st.BindingHeader, st.headerValue(d.Binding)); err != nil {
-		return nil, fmt.Errorf("add %s: %w", st.BindingHeader, err)
+	if !st.NoHeader {
+		if err := m.AddHeader(st.BindingHeader, st.headerValue(d.Binding)); err != nil {
+			return nil, fmt.Errorf("add %s: %w", st.BindingHeader, err)
+		}
 	}
 	if st.Decided != nil {
 		st.Decided(s.msg.QueueID, d.Binding)

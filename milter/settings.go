@@ -17,6 +17,10 @@ type Settings struct {
 	// value is "<binding> <key>"; just "<binding>" when HeaderKey is empty
 	// (tests only: the Postfix side routes only on keyed values).
 	HeaderKey string
+	// NoHeader writes no binding header: the MTA learns the decision from
+	// Decided instead (Sendmail's socketmap), and Sendmail could not strip
+	// a milter-added header on delivery, so it would reach recipients.
+	NoHeader bool
 	// MaxBodyBytes caps the body bytes kept for a policy that reads the
 	// body (Max_Body_Bytes); the size test still counts every byte.
 	MaxBodyBytes int64

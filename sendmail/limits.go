@@ -37,8 +37,5 @@ func Limitations(cfg *config.Config) []string {
 			add("binding %q: Relay = %s is not rendered for Sendmail; route with the site's SMART_HOST or mailertable (the source address still follows the binding)", b.Name, b.Relay)
 		}
 	}
-	{
-		add("the binding header %s cannot be removed on delivery by Sendmail: it leaves with each message (Sendmail routes by the socketmap, never by the header)", cfg.BindingHeader)
-	}
 	return out
 }

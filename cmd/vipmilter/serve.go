@@ -156,8 +156,19 @@ func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Conf
 // header key and the Sendmail socketmap (which records each accepted
 // decision). A missing key file is logged, not fatal: headers are then
 // written without the key, which the Postfix side does not route on
-// ("vipmilter postfix" creates the key).
+// ("vipmilter postfix" creates the key). On a Sendmail host
+// (Sendmail_Socketmap set) the socketmap carries the decision and no header
+// is written, so no key is needed.
 func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (milter.Settings, error) {
+	if !cfg.SendmailSocketmap.IsZero() {
+		return milter.Settings{
+			BindingHeader: cfg.BindingHeader,
+			NoHeader:      true,
+			MaxBodyBytes:  cfg.MaxBodyBytes,
+			OnPolicyError: cfg.OnPolicyError,
+			Decided:       sm.decided(),
+		}, nil
+	}
 	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		log.Error("binding header key missing; binding headers are written without it and Postfix will not route on them (vipmilter postfix creates it)", "Binding_Header_Key", cfg.HeaderKeyFile)
