@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -351,8 +352,11 @@ func (d *decoder) binding(n *Node, g *Group, global, gv *values) {
 		b.MatchDomains = append(b.MatchDomains, dom.s)
 	}
 
-	if len(b.Addresses) > 0 && b.Interface == "" {
-		d.warnf(n.Pos, "Interface", "binding %q has no Interface (in the binding, its group or the file): vipmilter provision cannot add its address", b.Name)
+	if b.Interface == "" && slices.ContainsFunc(b.Addresses, func(p netip.Prefix) bool { return !p.Addr().IsLoopback() }) {
+		// Loopback addresses are always bindable through lo's local route;
+		// any other address may be too (an AnyIP route), which only the
+		// provisioner can see, so this stays a warning.
+		d.warnf(n.Pos, "Interface", "binding %q has no Interface (in the binding, its group or the file): vipmilter provision cannot add its address unless a local route already covers it", b.Name)
 	}
 
 	if b.EHLOHostname == EHLOMessage && len(b.MatchDomains) != 1 {

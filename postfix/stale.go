@@ -17,14 +17,6 @@ import (
 // digest, never the key). check and serve call it; mail for a binding
 // Postfix does not know is held meanwhile (HeaderChecksFile's last rule).
 func Stale(cfg *config.Config, configDir string) (bool, string, error) {
-	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
-	if err != nil {
-		return false, "", err
-	}
-	want, err := Digest(cfg, key)
-	if err != nil {
-		return false, "", err
-	}
 	path := filepath.Join(configDir, StampFile)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -32,6 +24,14 @@ func Stale(cfg *config.Config, configDir string) (bool, string, error) {
 	}
 	if err != nil {
 		return false, "", fmt.Errorf("postfix stamp: %w", err)
+	}
+	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
+	if err != nil {
+		return false, "", err
+	}
+	want, err := Digest(cfg, key)
+	if err != nil {
+		return false, "", err
 	}
 	if got := stampField(string(b), "digest"); got != want {
 		return true, fmt.Sprintf("the Postfix side in %s was rendered from another version of %s (or another header key): run \"vipmilter postfix\"; until then mail for bindings Postfix does not know is held (postqueue -p shows it; release with \"postsuper -r ALL hold\" after the run)", configDir, source(cfg)), nil

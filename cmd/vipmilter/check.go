@@ -27,6 +27,10 @@ address is on the host and which route mail to --probe would take from it
 route lookup, nothing is sent). A binding whose address has no route, or
 whose route leaves by another interface than its Interface, is reported.
 
+When --postfix-dir (default /etc/postfix) holds a Postfix configuration, it
+says whether "vipmilter postfix" must be run again: a binding the milter
+would choose but Postfix does not route waits in the hold queue until then.
+
 When Sendmail_Socketmap is set, it also prints, one "sendmail:" line each,
 what the file asks for that Sendmail cannot honour exactly (EHLO names,
 per-destination limits, dual-stack bindings, Relay).
@@ -37,6 +41,7 @@ func cmdCheck(c *cli, args []string) error {
 	fs := c.flags("check")
 	path := configFlag(fs)
 	routes := fs.Bool("routes", false, "also check that every binding address is on the host and routable")
+	pfDir := postfixDirFlag(fs)
 	probe := fs.String("probe", "", "destination `ADDR[,ADDR]` (one per family) whose route --routes looks up; nothing is sent (default 198.51.100.1,2001:db8:ffff::1)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -53,6 +58,12 @@ func cmdCheck(c *cli, args []string) error {
 		for _, l := range sendmail.Limitations(cfg) {
 			fmt.Fprintf(c.stdout, "sendmail: %s\n", l)
 		}
+	}
+	switch stale, err := postfixSide(cfg, *pfDir); {
+	case err != nil:
+		fmt.Fprintf(c.stdout, "warning: cannot tell whether the Postfix side is current: %v\n", err)
+	case stale != "":
+		fmt.Fprintf(c.stdout, "warning: postfix: %s\n", stale)
 	}
 	summarize(c.stdout, cfg, pol)
 	if *routes {

@@ -109,3 +109,51 @@ func snapshotDir(t *testing.T, dir string) string {
 	})
 	return b.String()
 }
+
+// TestCheckPostfixSide: check says when the Postfix side lags behind the
+// binding file (never rendered, or rendered from an older file) and is
+// silent once "vipmilter postfix" has run on the current one.
+func TestCheckPostfixSide(t *testing.T) {
+	dir := postfixDir(t, "")
+	conf := t.TempDir()
+	file := filepath.Join(conf, "vipmilter.conf")
+	write := func(extra string) {
+		t.Helper()
+		body := fmt.Sprintf("Binding_Header_Key = %q\nBinding \"a\" {\n  Bind_Address = 127.0.0.2\n}\n%s", filepath.Join(conf, "key"), extra)
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func() string {
+		t.Helper()
+		code, out, errOut := run("check", "-c", file, "--postfix-dir", dir)
+		if code != 0 {
+			t.Fatalf("check: exit %d\n%s%s", code, out, errOut)
+		}
+		return out
+	}
+	write("")
+	steps := []struct {
+		name  string
+		do    func()
+		stale string // "" = must say nothing about Postfix
+	}{
+		{"never rendered", func() {}, "has not been run on it"},
+		{"rendered", func() {
+			if code, out, errOut := run("postfix", "-c", file, "--config-dir", dir, "--no-reload"); code != 0 {
+				t.Fatalf("postfix: exit %d\n%s%s", code, out, errOut)
+			}
+		}, ""},
+		{"binding added since", func() { write("Binding \"b\" {\n  Bind_Address = 127.0.0.3\n}\n") }, "rendered from another version"},
+	}
+	for _, s := range steps {
+		s.do()
+		out := check()
+		switch {
+		case s.stale == "" && strings.Contains(out, "postfix:"):
+			t.Errorf("%s: check says the Postfix side is stale:\n%s", s.name, out)
+		case s.stale != "" && !strings.Contains(out, "warning: postfix: ") || !strings.Contains(out, s.stale):
+			t.Errorf("%s: check output lacks %q:\n%s", s.name, s.stale, out)
+		}
+	}
+}

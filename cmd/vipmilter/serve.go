@@ -32,6 +32,7 @@ func cmdServe(c *cli, args []string) error {
 	fs := c.flags("serve")
 	path := configFlag(fs)
 	newLog := logFlags(fs)
+	pfDir := postfixDirFlag(fs)
 	grace := fs.Duration("shutdown-timeout", 10*time.Second, "how long (`DURATION`, e.g. 30s) sessions in flight may take to finish on SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -51,6 +52,7 @@ func cmdServe(c *cli, args []string) error {
 		return &exitError{code: 2, err: fmt.Errorf("%s: not serving", *path)}
 	}
 	logWarnings(log, cfg)
+	logPostfixSide(log, cfg, *pfDir)
 
 	sm, err := startSendmailSide(cfg, log)
 	if err != nil {
@@ -108,6 +110,7 @@ func cmdServe(c *cli, args []string) error {
 		},
 		reload: func() {
 			cfg = reload(log, *path, live, cfg, srv, pd, sm)
+			logPostfixSide(log, cfg, *pfDir)
 			sm.reload(cfg)
 		},
 	})
