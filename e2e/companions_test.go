@@ -171,7 +171,6 @@ func submitRaw(ctx context.Context, ns *testenv.NS, from string, to []string, ms
 	return c.Quit()
 }
 
-
 // contentFilter is an after-queue SMTP content filter as in Postfix's
 // FILTER_README: it receives on 127.0.0.1:10024 in the mta namespace, adds
 // "X-Filtered: yes" to the top of each message (it changes the message)
