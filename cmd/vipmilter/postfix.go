@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	iofs "io/fs"
+	"maps"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -35,15 +37,8 @@ func cmdPostfix(c *cli, args []string) error {
 	dir := fs.String("config-dir", "/etc/postfix", "Postfix config `DIR`")
 	dry := fs.Bool("dry-run", false, "print the changes as a diff; change nothing")
 	noReload := fs.Bool("no-reload", false, "do not reload a running Postfix (say that a reload is needed)")
-	daemonNames := map[string]string{}
-	fs.Func("daemon-name", "set milter_macro_daemon_name on an smtpd service, `SERVICE/TYPE=NAME` (e.g. submission/inet=submission), so the policy's vnd.vipmilter.daemon tells services apart; repeatable", func(v string) error {
-		svc, name, ok := strings.Cut(v, "=")
-		if !ok || strings.Count(svc, "/") != 1 {
-			return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
-		}
-		daemonNames[svc] = name
-		return nil
-	})
+	daemonNames := daemonNameFlag{}
+	fs.Var(daemonNames, "daemon-name", "set milter_macro_daemon_name on an smtpd service, `SERVICE/TYPE=NAME` (e.g. submission/inet=submission), so the policy's vnd.vipmilter.daemon tells services apart; repeatable")
 	allowLocal := fs.Bool("allow-local-domains", false, "apply even though this Postfix delivers some domains itself (their inbound mail would be routed out by SMTP)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -93,4 +88,24 @@ func cmdPostfix(c *cli, args []string) error {
 	}
 	_, err = postfix.Apply(ctx, plan, st, postfix.ApplyOptions{DryRun: *dry, NoReload: *noReload, Out: c.stdout})
 	return err
+}
+
+// daemonNameFlag collects --daemon-name SERVICE/TYPE=NAME, one per service.
+type daemonNameFlag map[string]string
+
+func (d daemonNameFlag) Set(v string) error {
+	svc, name, ok := strings.Cut(v, "=")
+	if !ok || strings.Count(svc, "/") != 1 {
+		return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
+	}
+	d[svc] = name
+	return nil
+}
+
+func (d daemonNameFlag) String() string {
+	var out []string
+	for _, svc := range slices.Sorted(maps.Keys(d)) {
+		out = append(out, svc+"="+d[svc])
+	}
+	return strings.Join(out, ",")
 }
