@@ -139,25 +139,29 @@ func lookupKeyword(name string) *keyword { return keywordIndex[strings.ToLower(n
 // suggest returns the keyword closest to name, or "" when none is close
 // enough to be a plausible typo.
 func suggest(name string) string {
-	lname := strings.ToLower(name)
-	best, bestDist := "", 1<<30
-	for _, k := range keywords {
-		d := editDistance(lname, strings.ToLower(k.Name))
-		if d < bestDist {
-			best, bestDist = k.Name, d
+	names := make([]string, len(keywords))
+	for i, k := range keywords {
+		names[i] = k.Name
+	}
+	return Closest(name, names)
+}
+
+// Closest returns the candidate nearest to s by edit distance (letter case
+// ignored), or "" when none is near enough to be a plausible typo: at most
+// a third of s's length, and at least 2, edits away. "Did you mean" in
+// config and script errors.
+func Closest(s string, candidates []string) string {
+	ls := strings.ToLower(s)
+	best, bestDist := "", max(2, len(s)/3)+1
+	for _, c := range candidates {
+		if d := editDistance(ls, strings.ToLower(c)); d < bestDist {
+			best, bestDist = c, d
 		}
-	}
-	limit := len(name) / 3
-	if limit < 2 {
-		limit = 2
-	}
-	if bestDist > limit {
-		return ""
 	}
 	return best
 }
 
-// editDistance is the Levenshtein distance between a and b.
+// editDistance is the Levenshtein distance between a and b, in bytes.
 func editDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
