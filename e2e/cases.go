@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // Case is one sample message against the bundled examples/ binding file and
@@ -112,7 +114,7 @@ type Outcome struct {
 // reports, per case, what arrived and whether it is right. Sticky groups must
 // keep one recipient domain on one member.
 func Check(sinkDir, header string, cases []Case) ([]Outcome, error) {
-	msgs, err := ReadDumps(sinkDir)
+	msgs, err := testenv.ReadDumps(sinkDir)
 	if err != nil {
 		return nil, err
 	}
@@ -181,8 +183,8 @@ func (s *System) SendCases(ctx context.Context, cases []Case) error {
 
 // WaitArrived polls until every case's message is at the sink (or ctx ends).
 func (s *System) WaitArrived(ctx context.Context, cases []Case) error {
-	return Poll(ctx, 100*time.Millisecond, func() (bool, error) {
-		msgs, err := ReadDumps(s.SinkDir)
+	return testenv.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
+		msgs, err := testenv.ReadDumps(s.SinkDir)
 		if err != nil {
 			return false, err
 		}

@@ -3,88 +3,54 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
-)
 
-// requirePrereqs fails under CI=true and skips otherwise when the suite
-// cannot run here.
-func requirePrereqs(t *testing.T) {
-	t.Helper()
-	miss := func(why string) {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("e2e prerequisite missing: %s", why)
-		}
-		t.Skipf("e2e prerequisite missing: %s (run as root; apt-get install postfix swaks iproute2)", why)
-	}
-	if os.Geteuid() != 0 {
-		miss("not root (network namespaces and Postfix need root)")
-	}
-	for _, bin := range []string{"postfix", "postconf", "smtp-sink", "swaks", "ip", "ss", "sendmail"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			miss(bin + " not on PATH")
-		}
-	}
-}
+	"github.com/vipmilter/vipmilter/internal/testenv"
+)
 
 // env is one namespaced network with a private Postfix and IPv4+IPv6 sinks.
 type env struct {
 	net     *Network
-	pf      *Postfix
+	pf      *testenv.Postfix
 	sinkDir string
 }
 
 func newEnv(t *testing.T, ctx context.Context, mainExtra ...string) *env {
 	t.Helper()
-	requirePrereqs(t)
+	testenv.Require(t, Prereqs)
 	n, err := NewNetwork(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	tmp := t.TempDir()
-	e := &env{net: n, sinkDir: filepath.Join(tmp, "sink")}
-	for _, a := range []string{SinkAddr4, "[" + SinkAddr6 + "]"} {
-		s, err := StartSink(ctx, n.Sink, a, e.sinkDir)
-		if err != nil {
-			t.Fatal(err)
-		}
+	testenv.CloseAtEnd(t, n)
+	e := &env{net: n, sinkDir: filepath.Join(t.TempDir(), "sink")}
+	sinks, err := StartSinks(ctx, n, e.sinkDir)
+	for _, s := range sinks {
 		t.Cleanup(s.Stop)
 	}
-	pf, err := NewPostfix(ctx, filepath.Join(tmp, "postfix"), n.MTA, mainExtra...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.pf = pf
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("maillog tail:\n%s\nqueue:\n%s", pf.LogTail(60), pf.Queue(context.Background()))
-		}
-		if err := pf.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	e.pf = testenv.StartTestPostfix(t, n.MTA, slices.Concat(postfixMain, mainExtra)...)
 	return e
 }
 
 // waitSubjects waits until every subject arrived at the sink, then returns
 // the received messages by subject; a duplicate fails the test.
-func (e *env) waitSubjects(t *testing.T, ctx context.Context, subjects ...string) map[string]Received {
+func (e *env) waitSubjects(t *testing.T, ctx context.Context, subjects ...string) map[string]testenv.Received {
 	t.Helper()
-	var got map[string]Received
-	err := Poll(ctx, 100*time.Millisecond, func() (bool, error) {
-		msgs, err := ReadDumps(e.sinkDir)
+	var got map[string]testenv.Received
+	err := testenv.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
+		msgs, err := testenv.ReadDumps(e.sinkDir)
 		if err != nil {
 			return false, err
 		}
-		got = map[string]Received{}
+		got = map[string]testenv.Received{}
 		for _, m := range msgs {
 			s := m.Header.Get("Subject")
 			if _, dup := got[s]; dup {
@@ -215,4 +181,42 @@ func TestHarnessConcurrency(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startGoSink runs the concurrency sink in the sink namespace, on
+// GoSinkAddr, until the test ends.
+func startGoSink(t *testing.T, ctx context.Context, n *Network) *testenv.GoSink {
+	t.Helper()
+	return startGoSinkAt(t, ctx, n, true)
+}
+
+// startGoSinkAt is startGoSink; addAddr false reuses the address and route a
+// previous call added in the same namespaces.
+func startGoSinkAt(t *testing.T, ctx context.Context, n *Network, addAddr bool) *testenv.GoSink {
+	t.Helper()
+	if addAddr {
+		if err := n.AddGoSinkRoute(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return testenv.StartTestGoSink(t, n.Sink, net.JoinHostPort(GoSinkAddr, "25"), 50*time.Millisecond)
+}
+
+// waitBurst waits until n distinct subjects reached the concurrency sink and
+// fails on any duplicate.
+func waitBurst(t *testing.T, ctx context.Context, sink *testenv.GoSink, n int) testenv.SinkStats {
+	t.Helper()
+	var st testenv.SinkStats
+	if err := testenv.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+		st = sink.Stats()
+		return len(st.Subjects) == n, nil
+	}, "the burst at the sink"); err != nil {
+		t.Fatalf("%v; stats %+v", err, st)
+	}
+	for subj, c := range st.Subjects {
+		if c != 1 {
+			t.Errorf("%q arrived %d times", subj, c)
+		}
+	}
+	return st
 }

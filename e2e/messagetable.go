@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // TableSinkAddr is where the message-table sink listens, on the sink's
@@ -40,8 +40,8 @@ type TableSink struct {
 }
 
 // StartTableSink serves SMTP on addr inside namespace ns until Close.
-func StartTableSink(ns, addr string) (*TableSink, error) {
-	ln, err := listenIn(ns, addr)
+func StartTableSink(ns *testenv.NS, addr string) (*TableSink, error) {
+	ln, err := ns.Listen(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +118,8 @@ type TableMessage struct {
 // EHLO helo and sends every message in one session, then QUIT. It returns
 // the queue id Postfix gave each message ("250 2.0.0 Ok: queued as ID");
 // an error names the message (1-based) Postfix refused.
-func SendSession(ctx context.Context, ns, helo string, msgs []TableMessage) ([]string, error) {
-	conn, err := DialIn(ctx, ns, "127.0.0.1:25")
+func SendSession(ctx context.Context, ns *testenv.NS, helo string, msgs []TableMessage) ([]string, error) {
+	conn, err := ns.Dial(ctx, "127.0.0.1:25")
 	if err != nil {
 		return nil, err
 	}
@@ -165,37 +165,6 @@ func sendOne(c *smtp.Client, m TableMessage) (string, error) {
 		return "", fmt.Errorf("end of data: no queue id in %q", resp.StatusText)
 	}
 	return strings.TrimSpace(id), nil
-}
-
-// listenIn opens a TCP listener inside namespace ns. The socket is made on
-// a thread moved into ns for the call and stays in ns afterwards; the
-// thread is never moved back but ends with its goroutine.
-func listenIn(ns, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		target, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := setns(target); err != nil {
-			done <- result{err: err}
-			return
-		}
-		ln, err := net.Listen("tcp", addr)
-		done <- result{ln, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns, r.err)
-	}
-	return r.ln, nil
 }
 
 // marked appends a body line naming the message, so the sink's copy can be

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/internal/messagetable"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // TestMessageTable runs every row of the shared message table through the
@@ -25,7 +26,7 @@ import (
 func TestMessageTable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	requirePrereqs(t)
+	testenv.Require(t, Prereqs)
 	tmp := t.TempDir()
 	bin := os.Getenv("VIPE2E_BIN")
 	if bin == "" {
@@ -74,7 +75,7 @@ func TestMessageTable(t *testing.T) {
 	})
 	// The binding addresses must be on the mta side, so presence (group
 	// members, test's liveness) is real for both paths.
-	out, err := run(ctx, "ip", "-n", s.Net.MTA, "-o", "addr", "show", "dev", "eth0")
+	out, err := s.Net.MTA.Addrs(ctx, "eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestMessageTable(t *testing.T) {
 			if err := s.Reload(); err != nil {
 				t.Fatal(err)
 			}
-			err := Poll(ctx, 50*time.Millisecond, func() (bool, error) {
+			err := testenv.Poll(ctx, 50*time.Millisecond, func() (bool, error) {
 				return strings.Count(s.ServeOutput(), "policy reloaded") > reloads, nil
 			}, "serve to reload for row "+row.Name)
 			if err != nil {
@@ -208,7 +209,7 @@ func waitTableDeliveries(t *testing.T, ctx context.Context, sink *TableSink, id 
 	var got []TableDelivery
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	err := Poll(wctx, 50*time.Millisecond, func() (bool, error) {
+	err := testenv.Poll(wctx, 50*time.Millisecond, func() (bool, error) {
 		got = got[:0]
 		for _, d := range sink.Deliveries() {
 			if strings.Contains(d.Data, mark) {

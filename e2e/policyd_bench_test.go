@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 	"github.com/vipmilter/vipmilter/policyd"
 	"github.com/vipmilter/vipmilter/postfix"
 	"github.com/vipmilter/vipmilter/sieve"
@@ -43,7 +45,7 @@ func BenchmarkPolicyHook(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer netw.Close()
-	sink, err := StartSink(ctx, netw.Sink, SinkAddr4, "")
+	sink, err := testenv.StartSink(ctx, netw.Sink, net.JoinHostPort(SinkAddr4, "25"), "")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 	"github.com/vipmilter/vipmilter/policyd"
 	"github.com/vipmilter/vipmilter/postfix"
 	"github.com/vipmilter/vipmilter/sieve"
@@ -78,7 +81,7 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 		t.Fatalf("hook %q (%s, %v), want policy", hook, why, err)
 	}
 	logBuf := &lockedLog{}
-	serve := Exec(context.Background(), e.net.MTA, bin, "serve", "-c", confPath)
+	serve := e.net.MTA.Command(context.Background(), bin, "serve", "-c", confPath)
 	serve.Stdout, serve.Stderr = logBuf, logBuf
 	if err := serve.Start(); err != nil {
 		t.Fatal(err)
@@ -91,7 +94,7 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 		}
 	})
 	for _, port := range []int{8894, 8896} {
-		if err := waitListen(ctx, e.net.MTA, "127.0.0.1", port); err != nil {
+		if err := e.net.MTA.WaitListen(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
 			t.Fatalf("%v\n%s", err, logBuf.String())
 		}
 	}
@@ -227,8 +230,8 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 
 // rawSubmit sends m over SMTP from inside ns with first as an extra first
 // recipient that Postfix is expected to reject (5xx), then m.To.
-func rawSubmit(ctx context.Context, ns string, m Message, first string) error {
-	conn, err := DialIn(ctx, ns, "127.0.0.1:25")
+func rawSubmit(ctx context.Context, ns *testenv.NS, m Message, first string) error {
+	conn, err := ns.Dial(ctx, "127.0.0.1:25")
 	if err != nil {
 		return err
 	}
@@ -287,7 +290,7 @@ func requeued(t *testing.T, ctx context.Context, e *env) {
 		t.Fatal(err)
 	}
 	wait := func(n int, what string) {
-		if err := Poll(ctx, 100*time.Millisecond, func() (bool, error) { return routed() >= n, nil }, what); err != nil {
+		if err := testenv.Poll(ctx, 100*time.Millisecond, func() (bool, error) { return routed() >= n, nil }, what); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -297,7 +300,7 @@ func requeued(t *testing.T, ctx context.Context, e *env) {
 	}
 	// postsuper -r leaves the message in maildrop; wake pickup now
 	// rather than at its next 60 s poll.
-	if out, err := Exec(ctx, e.net.MTA, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
+	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
 		t.Fatalf("postkick: %v: %s", err, out)
 	}
 	wait(before+2, "the requeued message routed again by pickup's cleanup")

@@ -7,6 +7,8 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // Message is one test message submitted to Postfix's smtpd.
@@ -19,14 +21,14 @@ type Message struct {
 }
 
 // Submit sends m with swaks from inside namespace ns to Postfix on 127.0.0.1:25.
-func Submit(ctx context.Context, ns string, m Message) error {
-	args := []string{"netns", "exec", ns, "swaks", "--silent", "2", "--server", "127.0.0.1:25",
+func Submit(ctx context.Context, ns *testenv.NS, m Message) error {
+	args := []string{"--silent", "2", "--server", "127.0.0.1:25",
 		"--helo", "client.e2e.test", "--from", m.From, "--to", strings.Join(m.To, ","),
 		"--header", "Subject: " + m.Subject}
 	for _, h := range m.Headers {
 		args = append(args, "--add-header", h)
 	}
-	if _, err := run(ctx, "ip", args...); err != nil {
+	if _, err := ns.Run(ctx, "swaks", args...); err != nil {
 		return fmt.Errorf("submit %q: %w", m.Subject, err)
 	}
 	return nil
@@ -45,8 +47,8 @@ type Session struct {
 // OpenSession connects from inside ns to Postfix on 127.0.0.1:25 and sends
 // EHLO, MAIL FROM and RCPT TO; with inData also DATA and the header block and
 // the first body line, but not the end of the message.
-func OpenSession(ctx context.Context, ns string, m Message, inData bool) (*Session, error) {
-	conn, err := DialIn(ctx, ns, "127.0.0.1:25")
+func OpenSession(ctx context.Context, ns *testenv.NS, m Message, inData bool) (*Session, error) {
+	conn, err := ns.Dial(ctx, "127.0.0.1:25")
 	if err != nil {
 		return nil, err
 	}

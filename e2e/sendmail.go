@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 	"github.com/vipmilter/vipmilter/sendmail"
 )
 
@@ -55,7 +57,7 @@ func UnpackSendmail(ctx context.Context, cache, root string) (*SendmailDist, err
 		debs = append(debs, m[len(m)-1])
 	}
 	for _, d := range debs {
-		if _, err := run(ctx, "dpkg-deb", "-x", d, root); err != nil {
+		if _, err := testenv.Run(ctx, "dpkg-deb", "-x", d, root); err != nil {
 			return nil, err
 		}
 	}
@@ -86,7 +88,7 @@ type Sendmail struct {
 	Dir      string // its work directory
 	ConfDir  string // Dir/etc: where "vipmilter sendmail" writes the fragment
 	QueueDir string
-	NS       string
+	NS       *testenv.NS
 	mc, cf   string
 	hosts    string
 	pidFile  string
@@ -97,7 +99,7 @@ const SendmailHostName = "mta.e2e.test"
 
 // NewSendmail prepares a Sendmail in dir for namespace ns: a .mc that
 // includes dir/etc/vipmilter.m4, and a hosts file with names, address → name.
-func NewSendmail(dist *SendmailDist, dir, ns string, names map[string]string) (*Sendmail, error) {
+func NewSendmail(dist *SendmailDist, dir string, ns *testenv.NS, names map[string]string) (*Sendmail, error) {
 	s := &Sendmail{Dist: dist, Dir: dir, ConfDir: filepath.Join(dir, "etc"), QueueDir: filepath.Join(dir, "queue"), NS: ns,
 		mc: filepath.Join(dir, "sendmail.mc"), cf: filepath.Join(dir, "sendmail.cf"),
 		hosts: filepath.Join(dir, "hosts"), pidFile: filepath.Join(dir, "sendmail.pid")}
@@ -188,9 +190,9 @@ func (s *Sendmail) Build(ctx context.Context) error {
 // command runs the unpacked sendmail with args inside the namespaces.
 func (s *Sendmail) command(ctx context.Context, args ...string) *exec.Cmd {
 	script := `mount --bind "$1" /etc/hosts && hostname "$2" && LD_LIBRARY_PATH="$3" && export LD_LIBRARY_PATH && shift 3 && exec "$@"`
-	full := append([]string{"netns", "exec", s.NS, "unshare", "--mount", "--uts", "sh", "-c", script, "sh",
+	full := append([]string{"--mount", "--uts", "sh", "-c", script, "sh",
 		s.hosts, SendmailHostName, s.Dist.LibDir, s.Dist.Bin, "-C", s.cf}, args...)
-	return exec.CommandContext(ctx, "ip", full...)
+	return s.NS.Command(ctx, "unshare", full...)
 }
 
 // Start runs the daemon (sendmail -bd) and waits until it listens.
@@ -211,7 +213,7 @@ func (s *Sendmail) Start(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return waitListen(wctx, s.NS, "127.0.0.1", 25)
+	return s.NS.WaitListen(wctx, "127.0.0.1:25")
 }
 
 // Stop ends the daemon (the children delivering finish on their own).
@@ -335,7 +337,7 @@ func (s *SendmailSystem) start(ctx context.Context, o SendmailOptions) error {
 		return err
 	}
 	s.Net = n
-	sk, err := StartSink(ctx, n.Sink, SinkAddr4, s.SinkDir)
+	sk, err := testenv.StartSink(ctx, n.Sink, net.JoinHostPort(SinkAddr4, "25"), s.SinkDir)
 	if err != nil {
 		return err
 	}
@@ -398,7 +400,7 @@ func (s *SendmailSystem) RestartSink(ctx context.Context, down bool) error {
 	if down {
 		return nil
 	}
-	sk, err := StartSink(ctx, s.Net.Sink, SinkAddr4, s.SinkDir)
+	sk, err := testenv.StartSink(ctx, s.Net.Sink, net.JoinHostPort(SinkAddr4, "25"), s.SinkDir)
 	if err != nil {
 		return err
 	}
@@ -418,7 +420,7 @@ func (s *SendmailSystem) Close() error {
 
 // SubmitSession sends msgs as consecutive transactions of one SMTP session
 // from inside ns to 127.0.0.1:25; it fails unless every one is accepted.
-func SubmitSession(ctx context.Context, ns string, msgs []Message) error {
+func SubmitSession(ctx context.Context, ns *testenv.NS, msgs []Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}

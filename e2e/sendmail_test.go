@@ -3,32 +3,21 @@ package e2e
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
-// requireSendmailPrereqs fails under CI=true and skips otherwise when the
-// Sendmail suite cannot run here.
+// requireSendmailPrereqs fails under CI and skips otherwise
+// (testenv.Require) when the Sendmail suite cannot run here.
 func requireSendmailPrereqs(t *testing.T) {
 	t.Helper()
-	miss := func(why string) {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("sendmail e2e prerequisite missing: %s", why)
-		}
-		t.Skipf("sendmail e2e prerequisite missing: %s", why)
-	}
-	if os.Geteuid() != 0 {
-		miss("not root (network, mount and UTS namespaces need root)")
-	}
-	for _, bin := range []string{"apt-get", "dpkg-deb", "unshare", "smtp-sink", "swaks", "ip", "ss"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			miss(bin + " not on PATH")
-		}
-	}
+	testenv.Require(t, testenv.Namespaces, testenv.SMTPSink, testenv.Swaks, testenv.Command("apt-get", "apt"),
+		testenv.Command("dpkg-deb", "dpkg"), testenv.Command("unshare", "util-linux"))
 }
 
 // startSendmailSystem brings the Sendmail system up on a copy of examples/
@@ -103,7 +92,7 @@ func editConfig(t *testing.T, s *SendmailSystem, old, new string) {
 func waitQueued(t *testing.T, ctx context.Context, sm *Sendmail, tries int, subjects ...string) map[string]string {
 	t.Helper()
 	var groups map[string]string
-	err := Poll(ctx, 100*time.Millisecond, func() (bool, error) {
+	err := testenv.Poll(ctx, 100*time.Millisecond, func() (bool, error) {
 		q, err := sm.Queued()
 		if err != nil {
 			return false, err

@@ -6,14 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
+	"net"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // BuildVipmilter builds ./cmd/vipmilter of the module rooted at repo into dir.
@@ -32,14 +34,14 @@ func BuildVipmilter(ctx context.Context, repo, dir string) (string, error) {
 // private Postfix configured by "vipmilter postfix" and "vipmilter serve".
 type System struct {
 	Net     *Network
-	Postfix *Postfix
+	Postfix *testenv.Postfix
 	SinkDir string
 	Bin     string
 	Config  string
 	Log     *slog.Logger
 
 	dir    string
-	sinks  []*Sink
+	sinks  []*testenv.Sink
 	serve  *exec.Cmd
 	exited chan struct{}
 	out    bytes.Buffer
@@ -77,21 +79,23 @@ func (s *System) start(ctx context.Context, o SystemOptions) error {
 	}
 	s.Net = n
 	s.Log.Info("namespaces up", "mta", n.MTA, "sink", n.Sink)
-	for _, a := range []string{SinkAddr4, "[" + SinkAddr6 + "]"} {
-		sk, err := StartSink(ctx, n.Sink, a, s.SinkDir)
-		if err != nil {
-			return err
-		}
-		s.sinks = append(s.sinks, sk)
+	if s.sinks, err = StartSinks(ctx, n, s.SinkDir); err != nil {
+		return err
 	}
 	if o.IPAddrFallback {
-		addrs, err := BindAddresses(o.Config)
+		cfg, err := config.Load(o.Config)
 		if err != nil {
 			return err
 		}
-		for _, a := range addrs {
-			if err := n.AddAddress(ctx, a); err != nil {
-				return err
+		var addrs []netip.Addr
+		for _, b := range cfg.Bindings {
+			for _, p := range b.Addresses {
+				// The host address only: the prefix length is the
+				// provisioner's business.
+				addrs = append(addrs, p.Addr())
+				if err := n.AddAddress(ctx, p.Addr().String()); err != nil {
+					return err
+				}
 			}
 		}
 		s.Log.Info("binding addresses added with ip addr", "addresses", addrs)
@@ -114,9 +118,23 @@ func (s *System) start(ctx context.Context, o SystemOptions) error {
 	return s.StartServe(ctx)
 }
 
+// StartSinks starts smtp-sink on the sink's IPv4 and IPv6 addresses, both
+// dumping into dir. On error the sinks already started are returned too.
+func StartSinks(ctx context.Context, n *Network, dir string) ([]*testenv.Sink, error) {
+	var sinks []*testenv.Sink
+	for _, a := range []string{SinkAddr4, SinkAddr6} {
+		sk, err := testenv.StartSink(ctx, n.Sink, net.JoinHostPort(a, "25"), dir)
+		if err != nil {
+			return sinks, err
+		}
+		sinks = append(sinks, sk)
+	}
+	return sinks, nil
+}
+
 // Vipmilter runs a vipmilter subcommand inside the mta namespace.
 func (s *System) Vipmilter(ctx context.Context, args ...string) (string, error) {
-	cmd := Exec(ctx, s.Net.MTA, s.Bin, args...)
+	cmd := s.Net.MTA.Command(ctx, s.Bin, args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("vipmilter %s: %w: %s", strings.Join(args, " "), err, out)
@@ -135,14 +153,15 @@ func (s *System) ApplyPostfix(ctx context.Context) error {
 	return s.Postfix.Reload(ctx)
 }
 
-// StartServe starts "vipmilter serve" and waits until its milter listens.
+// StartServe starts "vipmilter serve" and waits until its milter listens
+// on the binding file's Milter_Listen.
 func (s *System) StartServe(ctx context.Context) error {
-	listen, err := MilterListen(s.Config)
+	cfg, err := config.Load(s.Config)
 	if err != nil {
 		return err
 	}
 	s.out.Reset()
-	cmd := Exec(context.Background(), s.Net.MTA, s.Bin, "serve", "-c", s.Config)
+	cmd := s.Net.MTA.Command(context.Background(), s.Bin, "serve", "-c", s.Config)
 	cmd.Stdout, cmd.Stderr = &s.out, &s.out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("vipmilter serve: %w", err)
@@ -151,29 +170,21 @@ func (s *System) StartServe(ctx context.Context) error {
 	exited := make(chan struct{})
 	s.exited = exited
 	go func() { cmd.Wait(); close(exited) }()
-	wait := func() (bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = testenv.Poll(wctx, 50*time.Millisecond, func() (bool, error) {
 		select {
 		case <-exited:
 			return false, fmt.Errorf("vipmilter serve exited: %s", s.out.String())
 		default:
 		}
-		if strings.HasPrefix(listen, "unix:") {
-			_, err := os.Stat(strings.TrimPrefix(listen, "unix:"))
-			return err == nil, nil
-		}
-		hp := strings.TrimPrefix(listen, "inet:")
-		i := strings.LastIndex(hp, ":")
-		port, _ := strconv.Atoi(hp[i+1:])
-		out, err := run(ctx, "ip", "netns", "exec", s.Net.MTA, "ss", "-Hltn")
-		return err == nil && strings.Contains(out, ":"+strconv.Itoa(port)+" "), nil
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := Poll(wctx, 50*time.Millisecond, wait, "vipmilter serve to listen on "+listen); err != nil {
+		return milterListening(wctx, s.Net.MTA, cfg.MilterListen)
+	}, "vipmilter serve to listen on "+cfg.MilterListen.String())
+	if err != nil {
 		s.StopServe(syscall.SIGKILL)
 		return err
 	}
-	s.Log.Info("vipmilter serve listening", "listen", listen)
+	s.Log.Info("vipmilter serve listening", "listen", cfg.MilterListen.String())
 	return nil
 }
 
@@ -221,37 +232,4 @@ func (s *System) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-var (
-	bindAddrRE = regexp.MustCompile(`(?m)\bBind_Address\s*=\s*"?([0-9A-Fa-f.:]+)"?`)
-	listenRE   = regexp.MustCompile(`(?m)^\s*Milter_Listen\s*=\s*"([^"]+)"`)
-)
-
-// BindAddresses lists the Bind_Address values of a binding file. It is a
-// deliberately shallow scan for the ip(8) fallback only, so the harness does
-// not depend on the config package being finished.
-func BindAddresses(path string) ([]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("binding file: %w", err)
-	}
-	var addrs []string
-	for _, m := range bindAddrRE.FindAllStringSubmatch(string(b), -1) {
-		addrs = append(addrs, m[1])
-	}
-	return addrs, nil
-}
-
-// MilterListen returns the Milter_Listen value of a binding file.
-func MilterListen(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("binding file: %w", err)
-	}
-	m := listenRE.FindSubmatch(b)
-	if m == nil {
-		return "", fmt.Errorf("binding file %s: no Milter_Listen", path)
-	}
-	return string(m[1]), nil
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // repoRoot is the module root, one level above this package.
@@ -28,7 +30,7 @@ func repoRoot(t *testing.T) string {
 // may edit the binding file and the policy.
 func startSystem(t *testing.T, ctx context.Context) *System {
 	t.Helper()
-	requirePrereqs(t)
+	testenv.Require(t, Prereqs)
 	tmp := t.TempDir()
 	// VIPE2E_BIN tests a prebuilt binary (a release, a packaged build).
 	bin := os.Getenv("VIPE2E_BIN")
@@ -255,7 +257,7 @@ func TestSystem(t *testing.T) {
 			}()
 		}
 		wait := func(n int32) {
-			if err := Poll(ctx, 5*time.Millisecond, func() (bool, error) { return done.Load() >= n, nil }, fmt.Sprintf("%d submissions", n)); err != nil {
+			if err := testenv.Poll(ctx, 5*time.Millisecond, func() (bool, error) { return done.Load() >= n, nil }, fmt.Sprintf("%d submissions", n)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -282,7 +284,7 @@ func TestSystem(t *testing.T) {
 			t.Error(err)
 		}
 		// Give a duplicate the chance to show: the queue must drain first.
-		if err := Poll(wctx, 100*time.Millisecond, func() (bool, error) { return s.Postfix.QueueEmpty(ctx), nil }, "an empty queue"); err != nil {
+		if err := testenv.Poll(wctx, 100*time.Millisecond, func() (bool, error) { return s.Postfix.QueueEmpty(ctx), nil }, "an empty queue"); err != nil {
 			t.Error(err)
 		}
 		time.Sleep(time.Second)
@@ -369,7 +371,7 @@ func TestSystem(t *testing.T) {
 			t.Helper()
 			hctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 			defer cancel()
-			if err := Poll(hctx, 200*time.Millisecond, func() (bool, error) {
+			if err := testenv.Poll(hctx, 200*time.Millisecond, func() (bool, error) {
 				outs, err := Check(s.SinkDir, "X-Binding", cases)
 				if err != nil {
 					return false, err
@@ -507,66 +509,6 @@ func TestSystem(t *testing.T) {
 		probeUntil(t, ctx, s, Message{From: "a@fresh.test", To: []string{Rcpt4}, Subject: "new binding"},
 			Source{"192.0.2.40", "fresh.example.net"}, []Source{SrcDefault})
 	})
-}
-
-// GoSinkAddr is where the concurrency sink listens, on the sink's eth0.
-const GoSinkAddr = "198.51.100.254"
-
-// startGoSink runs the concurrency sink (this test binary re-executed) in the
-// sink namespace and returns its stats file.
-func startGoSink(t *testing.T, ctx context.Context, n *Network) string {
-	t.Helper()
-	return startGoSinkAt(t, ctx, n, true)
-}
-
-// startGoSinkAt is startGoSink; addAddr false reuses the address and route a
-// previous call added in the same namespaces.
-func startGoSinkAt(t *testing.T, ctx context.Context, n *Network, addAddr bool) string {
-	t.Helper()
-	var steps [][]string
-	if addAddr {
-		steps = [][]string{
-			{"-n", n.Sink, "addr", "add", GoSinkAddr + "/24", "dev", "eth0"},
-			{"-n", n.MTA, "route", "add", "198.51.100.0/24", "dev", "eth0"},
-		}
-	}
-	for _, c := range steps {
-		if _, err := run(ctx, "ip", c...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stats := filepath.Join(t.TempDir(), "stats.json")
-	sink := Exec(context.Background(), n.Sink, os.Args[0], "-test.run=^$")
-	sink.Env = append(os.Environ(), "VIPE2E_GOSINK="+GoSinkAddr+":25", "VIPE2E_GOSINK_STATS="+stats)
-	sink.Stderr = os.Stderr
-	if err := sink.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sink.Process.Kill(); sink.Wait() })
-	if err := waitListen(ctx, n.Sink, GoSinkAddr, 25); err != nil {
-		t.Fatal(err)
-	}
-	return stats
-}
-
-// waitBurst waits until n distinct subjects reached the concurrency sink and
-// fails on any duplicate.
-func waitBurst(t *testing.T, ctx context.Context, stats string, n int) SinkStats {
-	t.Helper()
-	var st SinkStats
-	if err := Poll(ctx, 200*time.Millisecond, func() (bool, error) {
-		var err error
-		st, err = ReadSinkStats(stats)
-		return err == nil && len(st.Subjects) == n, err
-	}, "the burst at the sink"); err != nil {
-		t.Fatalf("%v; stats %+v", err, st)
-	}
-	for subj, c := range st.Subjects {
-		if c != 1 {
-			t.Errorf("%q arrived %d times", subj, c)
-		}
-	}
-	return st
 }
 
 // probeUntil sends copies of m (subject numbered) one at a time until one

@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // testConfig loads a binding file that declares bindings, written out as
@@ -47,69 +45,18 @@ func binding(name string, addrs ...string) *config.Binding {
 	return b
 }
 
+// needPostfix skips on a laptop without Postfix or root, and fails under CI
+// (testenv.Require).
 func needPostfix(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"postconf", "postmap", "postfix"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not found: Postfix is required under CI", tool)
-			}
-			t.Skipf("%s not found: install Postfix to run this test", tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("postfix check needs root under CI")
-		}
-		t.Skip("postfix check needs root")
-	}
+	testenv.Require(t, testenv.PostfixServer)
 }
 
-// privateDir writes a minimal private Postfix config directory.
+// privateDir writes a private Postfix config directory (testenv.Postfix),
+// not started; extraMain holds main.cf lines.
 func privateDir(t *testing.T, extraMain string) string {
 	t.Helper()
-	dir := t.TempDir()
-	// Postfix daemons run as the postfix user and must traverse the path.
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	q := filepath.Join(dir, "queue")
-	main := "compatibility_level = 3.6\nqueue_directory = " + q + "\ndata_directory = " + filepath.Join(dir, "data") +
-		"\nmaillog_file_prefixes = /var, /dev/stdout, " + dir + "\nmaillog_file = " + filepath.Join(dir, "maillog") +
-		"\nalias_maps =\nalias_database =\nmyhostname = mta.test\nsmtpd_banner = hello\n" + extraMain
-	master := `smtp      inet  n       -       n       -       -       smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`
-	for name, body := range map[string]string{"main.cf": main, "master.cf": master} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.MkdirAll(q, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return testenv.NewTestPostfix(t, nil, "smtpd_banner = hello", extraMain).Dir
 }
 
 func apply(t *testing.T, dir string, cfg *config.Config, dry bool) (*Result, string) {

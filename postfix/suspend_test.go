@@ -6,7 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // TestSuspendSurvivesFlush runs a private Postfix: mail for a suspended
@@ -17,23 +18,11 @@ import (
 // and must not leave by the stock smtp transport, which could reach the sink.
 func TestSuspendSurvivesFlush(t *testing.T) {
 	needPostfix(t)
-	if _, err := exec.LookPath("smtp-sink"); err != nil {
-		t.Skip("smtp-sink not found")
-	}
 	dir := privateDir(t, "smtp_dns_support_level = disabled\nsmtp_tcp_port = 2526\nmyorigin = sender.test\nmydestination =\n")
 	if out, err := exec.Command("postconf", "-c", dir, "-MX", "smtp/inet").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	sinkDir := filepath.Join(dir, "sink")
-	if err := os.MkdirAll(sinkDir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(sinkDir, 0o777)
-	sink := exec.Command("smtp-sink", "-u", "nobody", "-d", sinkDir+"/%M.", "127.0.0.77:2526", "10")
-	if err := sink.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sink.Process.Kill(); sink.Wait() })
+	sinkDir := testenv.StartTestSink(t, nil, "127.0.0.77:2526").Dir
 
 	held := binding("held", "127.0.0.4")
 	held.SuspendDelivery = true
@@ -59,9 +48,10 @@ func TestSuspendSurvivesFlush(t *testing.T) {
 	left := func() bool { return count("status=bounced") > 0 || count("status=sent") > 0 }
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		for !ok() && (what == "delivery" || !left()) {
-			time.Sleep(100 * time.Millisecond)
-		}
+		testenv.Eventually(t, what, func() bool { return ok() || (what != "delivery" && left()) }, func() string {
+			b, _ := os.ReadFile(logf)
+			return string(b)
+		})
 	}
 	const unavailable = "mail transport unavailable"
 	waitFor("first deferral", func() bool { return count(unavailable) >= 1 })
@@ -87,9 +77,11 @@ func TestSuspendSurvivesFlush(t *testing.T) {
 	exec.Command("postqueue", "-c", dir, "-f").Run()
 	var got string
 	waitFor("delivery", func() bool {
-		files, _ := filepath.Glob(filepath.Join(sinkDir, "*"))
-		for _, f := range files {
-			b, _ := os.ReadFile(f)
+		// Only complete dumps: smtp-sink creates the file before the
+		// message is in it.
+		msgs, _ := testenv.ReadDumps(sinkDir)
+		for _, m := range msgs {
+			b, _ := os.ReadFile(m.File)
 			got = string(b)
 			return true
 		}

@@ -2,106 +2,60 @@ package vip
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
-// testNS is a network namespace made for one test: a veth pair eth0/eth1
+// testNS is a network namespace made for one test (testenv.NewTestNS,
+// which skips or, under CI, fails without root): a veth pair eth0/eth1
 // inside it, both up, so nothing the test does reaches the host's own
 // interfaces.
 type testNS struct {
+	*testenv.NS
 	name string
 	ns   netns.NsHandle
-	h    *netlink.Handle
 }
 
-// needRoot skips on a developer laptop and fails in CI (CI=true), where the
-// namespace tests must run.
-func needRoot(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2's ip command (apt-get install iproute2)"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s; CI must run these tests", why)
-	}
-	t.Skip(why)
-}
-
+// ip runs ip(8) with args, failing the test on error.
 func ip(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return testenv.MustRun(t, "ip", args...)
 }
 
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
-	needRoot(t)
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := "vipt-" + hex.EncodeToString(b)
-	ip(t, "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	ip(t, "-n", name, "link", "set", "lo", "up")
-	ip(t, "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-	ip(t, "-n", name, "link", "set", "eth0", "up")
-	ip(t, "-n", name, "link", "set", "eth1", "up")
-	ns, err := netns.GetFromName(name)
+	n := testenv.NewTestNS(t, "vipt")
+	if err := n.Veth(context.Background(), "eth0", n, "eth1"); err != nil {
+		t.Fatal(err)
+	}
+	h, err := n.Handle()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close() })
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return &testNS{name: name, ns: ns, h: h}
+	return &testNS{NS: n, name: n.Name, ns: h}
 }
 
-// addrs lists the addresses on dev as "ip -br addr" shows them.
+// addrs lists the addresses on dev as "ip addr show" prints them.
 func (n *testNS) addrs(t *testing.T, dev string) string {
-	return ip(t, "-n", n.name, "addr", "show", "dev", dev)
+	t.Helper()
+	return n.MustIP(t, "addr", "show", "dev", dev)
 }
 
 // in runs f with the calling thread inside the namespace.
 func (n *testNS) in(t *testing.T, f func()) {
 	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		// The thread is left locked and dies with the goroutine, so it can
-		// never run other goroutines in the test namespace.
-		if err := netns.Set(n.ns); err != nil {
-			t.Errorf("enter namespace: %v", err)
-			return
-		}
-		f()
-	}()
-	<-done
+	if err := n.Do(func() error { f(); return nil }); err != nil {
+		t.Error(err)
+	}
 }
 
 func writeFile(t *testing.T, path, s string) {
@@ -121,17 +75,11 @@ func newProv(t *testing.T, n *testNS, dir string, log *slog.Logger) *Provisioner
 	return p
 }
 
-// eventually polls cond until it holds or a generous deadline passes. The
-// deadline only bounds a hung test; it is not a performance assertion.
+// eventually is testenv.Eventually: poll cond until it holds; the deadline
+// only bounds a hung test, it is not a performance assertion.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, what, cond)
 }
 
 // syncBuffer is a bytes.Buffer the watcher's goroutine and the test can
@@ -172,8 +120,7 @@ func (n *testNS) canBind(t *testing.T, a netip.Addr) bool {
 // "net/ipv6/ip_nonlocal_bind", "1".
 func (n *testNS) sysctl(t *testing.T, key, value string) {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", n.name, "sh", "-c", "echo "+value+" > /proc/sys/"+key).CombinedOutput()
-	if err != nil {
-		t.Fatalf("sysctl %s=%s: %v\n%s", key, value, err, out)
+	if _, err := n.Run(context.Background(), "sh", "-c", "echo "+value+" > /proc/sys/"+key); err != nil {
+		t.Fatalf("sysctl %s=%s: %v", key, value, err)
 	}
 }

@@ -74,6 +74,7 @@ import (
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/e2e"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 	"github.com/vipmilter/vipmilter/milter"
 	"github.com/vipmilter/vipmilter/sieve"
 )
@@ -204,7 +205,7 @@ func run() error {
 		return err
 	}
 	defer netw.Close()
-	sink, err := e2e.StartSink(ctx, netw.Sink, e2e.SinkAddr4, "")
+	sink, err := testenv.StartSink(ctx, netw.Sink, e2e.SinkAddr4+":25", "")
 	if err != nil {
 		return err
 	}
@@ -285,7 +286,7 @@ func run() error {
 // setup starts the variant's milter inside the mta namespace and points
 // Postfix at it; it returns the milter's pid (0 for none, or under strace)
 // and stop, which ends the milter.
-func setup(ctx context.Context, v variant, self string, netw *e2e.Network, pf *e2e.Postfix) (int, func(), error) {
+func setup(ctx context.Context, v variant, self string, netw *e2e.Network, pf *testenv.Postfix) (int, func(), error) {
 	none := func() {}
 	if v.listen == "" {
 		return 0, none, pf.Restart(ctx)
@@ -299,7 +300,7 @@ func setup(ctx context.Context, v variant, self string, netw *e2e.Network, pf *e
 		args = append([]string{"-f", "-tt", "-e", "trace=read,write,setsockopt,accept4,close", "-o", out}, args...)
 		args = append([]string{"strace"}, args...)
 	}
-	cmd := e2e.Exec(context.Background(), netw.MTA, args[0], args[1:]...)
+	cmd := netw.MTA.Command(context.Background(), args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// A process group of its own: strace does not pass SIGTERM on to the
 	// milter it traces, so stop signals the whole group.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/d--j/go-milter"
 	"github.com/vipmilter/vipmilter/e2e"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 func main() {
@@ -94,7 +95,7 @@ func run() error {
 		return err
 	}
 	defer netw.Close()
-	sink, err := e2e.StartSink(ctx, netw.Sink, e2e.SinkAddr4, "")
+	sink, err := testenv.StartSink(ctx, netw.Sink, e2e.SinkAddr4+":25", "")
 	if err != nil {
 		return err
 	}
@@ -151,13 +152,13 @@ func run() error {
 }
 
 // setup configures Postfix for one variant and starts its milter; stop ends it.
-func setup(ctx context.Context, v variant, dir, self, bin string, netw *e2e.Network, pf *e2e.Postfix) (func(), error) {
+func setup(ctx context.Context, v variant, dir, self, bin string, netw *e2e.Network, pf *testenv.Postfix) (func(), error) {
 	none := func() {}
 	if v.listen == "" {
 		return none, pf.Restart(ctx)
 	}
 	if v.noop {
-		cmd := e2e.Exec(context.Background(), netw.MTA, self, "noop-milter", v.listen)
+		cmd := netw.MTA.Command(context.Background(), self, "noop-milter", v.listen)
 		if err := cmd.Start(); err != nil {
 			return none, err
 		}

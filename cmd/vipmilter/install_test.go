@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // realHostStep is one line of README's "On a real host" steps and how the
@@ -78,14 +80,9 @@ func TestRealHostSteps(t *testing.T) {
 	if got := readmeRealHost(t); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("README's real-host steps changed; update realHostSteps.\nREADME:\n  %s\ntested:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
-	if os.Geteuid() != 0 {
-		needOrSkip(t, "root (systemd-sysusers/-tmpfiles --root set owners)")
-	}
-	for _, tool := range []string{"make", "git", "systemd-sysusers", "systemd-tmpfiles"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			needOrSkip(t, tool+" (make deps installs it)")
-		}
-	}
+	// Root: systemd-sysusers/-tmpfiles --root set owners.
+	testenv.Require(t, testenv.Root, testenv.Command("make", "make"), testenv.Command("git", "git"),
+		testenv.Command("systemd-sysusers", "systemd"), testenv.Command("systemd-tmpfiles", "systemd"))
 	repo, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -193,16 +190,6 @@ func TestRealHostSteps(t *testing.T) {
 	if string(out) != string(describe) {
 		t.Errorf("installed vipmilter version %q, want git describe's %q", out, describe)
 	}
-}
-
-// needOrSkip fails when CI=true (missing prerequisites fail loudly there)
-// and skips otherwise.
-func needOrSkip(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("needs %s (CI=true)", what)
-	}
-	t.Skipf("needs %s", what)
 }
 
 // readIDs maps names to ids in a passwd or group file.

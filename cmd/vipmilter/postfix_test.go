@@ -3,33 +3,18 @@ package main
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
+// postfixDir is a private Postfix configuration directory (testenv.Postfix,
+// not started) that sends only; extraMain holds more main.cf lines.
 func postfixDir(t *testing.T, extraMain string) string {
 	t.Helper()
-	for _, tool := range []string{"postconf", "postmap", "postfix"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not found: Postfix is required under CI", tool)
-			}
-			t.Skipf("%s not found: install Postfix to run this test", tool)
-		}
-	}
-	dir := t.TempDir()
-	main := "compatibility_level = 3.6\nqueue_directory = " + filepath.Join(dir, "queue") +
-		"\ndata_directory = " + filepath.Join(dir, "data") + "\nalias_maps =\nalias_database =\nmydestination =\n" + extraMain
-	master := "smtp inet n - n - - smtpd\npickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n" +
-		"qmgr unix n - n 300 1 qmgr\nsmtp unix - - n - - smtp\n"
-	for name, body := range map[string]string{"main.cf": main, "master.cf": master} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return testenv.NewTestPostfix(t, nil, "mydestination =", extraMain).Dir
 }
 
 func loadable(t *testing.T, run func() int) (code int) {

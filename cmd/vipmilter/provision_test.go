@@ -1,10 +1,10 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // provisionEnv is a network namespace with a veth pair eth0/eth1 (eth0 with
@@ -20,7 +22,7 @@ import (
 // file. Nothing the tests do reaches the host's own interfaces.
 type provisionEnv struct {
 	t    *testing.T
-	ns   string
+	ns   *testenv.NS
 	dir  string
 	bin  string
 	conf string
@@ -28,12 +30,7 @@ type provisionEnv struct {
 
 func newProvisionEnv(t *testing.T) *provisionEnv {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a network namespace; CI must run this test")
-		}
-		t.Skip("needs root to create a network namespace")
-	}
+	ns := testenv.NewTestNS(t, "vipc")
 	// Not t.TempDir: its parent is private to root, and one test runs the
 	// binary as nobody.
 	dir, err := os.MkdirTemp("", "vipprov")
@@ -50,17 +47,15 @@ func newProvisionEnv(t *testing.T) *provisionEnv {
 	}
 	bin := filepath.Join(dir, "vipmilter")
 	copyFile(t, self, bin, 0o755)
-	b := make([]byte, 4)
-	rand.Read(b)
-	e := &provisionEnv{t: t, ns: "vipc-" + hex.EncodeToString(b), dir: dir, bin: bin, conf: filepath.Join(dir, "vipmilter.conf")}
-	e.sh("ip", "netns", "add", e.ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", e.ns).Run() })
-	e.sh("ip", "-n", e.ns, "link", "set", "lo", "up")
-	e.sh("ip", "-n", e.ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-	e.sh("ip", "-n", e.ns, "link", "set", "eth0", "up")
-	e.sh("ip", "-n", e.ns, "link", "set", "eth1", "up")
-	e.sh("ip", "-n", e.ns, "addr", "add", "10.99.0.1/24", "dev", "eth0")
-	e.sh("ip", "-n", e.ns, "route", "add", "default", "via", "10.99.0.254")
+	e := &provisionEnv{t: t, ns: ns, dir: dir, bin: bin, conf: filepath.Join(dir, "vipmilter.conf")}
+	ctx := context.Background()
+	if err := ns.Veth(ctx, "eth0", ns, "eth1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.AddAddr(ctx, "eth0", netip.MustParsePrefix("10.99.0.1/24")); err != nil {
+		t.Fatal(err)
+	}
+	ns.MustIP(t, "route", "add", "default", "via", "10.99.0.254")
 	return e
 }
 
@@ -83,15 +78,6 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	}
 }
 
-func (e *provisionEnv) sh(args ...string) string {
-	e.t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		e.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // write replaces the binding file: bindings on eth0, state in the
 // directory.
 func (e *provisionEnv) write(bindings string) {
@@ -105,8 +91,8 @@ func (e *provisionEnv) write(bindings string) {
 // command is vipmilter with args, run inside the namespace, optionally
 // through a wrapper (setpriv) between "ip netns exec" and the binary.
 func (e *provisionEnv) command(wrap []string, args ...string) *exec.Cmd {
-	argv := append([]string{"netns", "exec", e.ns}, wrap...)
-	cmd := exec.Command("ip", append(append(argv, e.bin), args...)...)
+	argv := append(append(wrap[:len(wrap):len(wrap)], e.bin), args...)
+	cmd := e.ns.Command(context.Background(), argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), serveChildEnv+"=1", "NOTIFY_SOCKET=", "VIPMILTER_CONFIG=")
 	return cmd
 }
@@ -124,7 +110,8 @@ func (e *provisionEnv) run(wrap []string, args ...string) (int, string) {
 }
 
 func (e *provisionEnv) addrs(dev string) string {
-	return e.sh("ip", "-n", e.ns, "addr", "show", "dev", dev)
+	e.t.Helper()
+	return e.ns.MustIP(e.t, "addr", "show", "dev", dev)
 }
 
 // TestProvisionCommand runs the real command inside a namespace the test
@@ -181,9 +168,7 @@ Binding "B" { Bind_Address = 192.0.2.20 }`, []string{"check", "-c", conf, "--rou
 // kernel refuses every add and each line says CAP_NET_ADMIN is needed.
 func TestProvisionWithoutPermission(t *testing.T) {
 	e := newProvisionEnv(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("needs setpriv (util-linux) to drop privileges")
-	}
+	testenv.Require(t, testenv.Command("setpriv", "util-linux"))
 	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }`)
 	nobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"}
 	stateDir := filepath.Join(e.dir, "nobody-state")
@@ -248,15 +233,9 @@ func TestProvisionWatchCommand(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s\nstderr:\n%s", what, stderr.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testenv.Eventually(t, what, cond, func() string { return "stderr:\n" + stderr.String() })
 	}
-	e.sh("ip", "-n", e.ns, "addr", "del", "192.0.2.10/32", "dev", "eth0")
+	e.ns.MustIP(t, "addr", "del", "192.0.2.10/32", "dev", "eth0")
 	waitFor("192.0.2.10 re-added", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.10/32") })
 	waitFor("a log line saying so", func() bool { return strings.Contains(stderr.String(), "disappeared; added it again") })
 
@@ -268,7 +247,7 @@ Binding "B" { Bind_Address = 192.0.2.40 }`)
 	notified("RELOADING=1")
 	notified("READY=1")
 	waitFor("192.0.2.40 added after SIGHUP", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.40/32") })
-	e.sh("ip", "-n", e.ns, "addr", "del", "192.0.2.40/32", "dev", "eth0")
+	e.ns.MustIP(t, "addr", "del", "192.0.2.40/32", "dev", "eth0")
 	waitFor("the reloaded binding's address re-added", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.40/32") })
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -306,8 +285,8 @@ Binding "Move" { Bind_Address = 192.0.2.12 }
 	if code, out := e.run(nil, "provision", "-c", e.conf); code != 0 {
 		t.Fatalf("setup: exit %d\n%s", code, out)
 	}
-	e.sh("ip", "-n", e.ns, "addr", "del", "192.0.2.11/32", "dev", "eth0")
-	e.sh("ip", "-n", e.ns, "addr", "add", "192.0.2.11/32", "dev", "eth0")
+	e.ns.MustIP(t, "addr", "del", "192.0.2.11/32", "dev", "eth0")
+	e.ns.MustIP(t, "addr", "add", "192.0.2.11/32", "dev", "eth0")
 	e.write(`Binding "Move" { Bind_Address = 192.0.2.12  Interface = eth1 }
 Binding_Group "Loop" {
   Binding "Loop1" { Bind_Address = 127.0.0.6 }

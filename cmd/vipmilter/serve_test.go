@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +17,8 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 	"github.com/emersion/go-message/textproto"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // serveChildEnv makes the test binary run vipmilter's main instead of the
@@ -85,19 +89,26 @@ func startServe(t *testing.T, conf string, args ...string) *serveProc {
 // waitLog waits until the output holds want n times.
 func (p *serveProc) waitLog(want string, n int) {
 	p.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Count(p.stderr.String(), want) < n {
-		if time.Now().After(deadline) {
-			p.t.Fatalf("no %d× %q in output:\n%s", n, want, p.stderr.String())
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Patience)
+	defer cancel()
+	err := testenv.Poll(ctx, 10*time.Millisecond, func() (bool, error) {
+		// Exited is read first: output written before the exit still counts.
+		exited := false
 		select {
 		case <-p.exited:
-			if strings.Count(p.stderr.String(), want) >= n {
-				return
-			}
-			p.t.Fatalf("vipmilter exited (%v) before logging %q:\n%s", p.err, want, p.stderr.String())
-		case <-time.After(10 * time.Millisecond):
+			exited = true
+		default:
 		}
+		if strings.Count(p.stderr.String(), want) >= n {
+			return true, nil
+		}
+		if exited {
+			return false, fmt.Errorf("vipmilter exited (%v)", p.err)
+		}
+		return false, nil
+	}, fmt.Sprintf("%d× %q in the output", n, want))
+	if err != nil {
+		p.t.Fatalf("%v:\n%s", err, p.stderr.String())
 	}
 }
 
@@ -276,18 +287,14 @@ set "binding" "Beta";
 	p.signal(syscall.SIGTERM)
 	p.waitLog("milter stopping", 1)
 	// The listener is closed: no new sessions.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testenv.Eventually(t, "new sessions refused after SIGTERM", func() bool {
 		s, err := c.Session(nil)
 		if err != nil {
-			break
+			return true
 		}
 		s.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("new sessions still accepted after SIGTERM")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 	select {
 	case <-p.exited:
 		t.Fatalf("exited with a session in flight:\n%s", p.stderr.String())

@@ -1,4 +1,4 @@
-package e2e
+package testenv
 
 import (
 	"bufio"
@@ -11,10 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"testing"
 )
 
-// Sink is an smtp-sink process in the sink namespace that dumps each message
-// it receives, with the connection's real source address and EHLO name.
+// Sink is an smtp-sink process that dumps each message it receives into
+// Dir, preceded by the connection's real source address and EHLO name.
 type Sink struct {
 	Dir string
 	cmd *exec.Cmd
@@ -23,41 +24,54 @@ type Sink struct {
 // Received is one message as the sink saw it.
 type Received struct {
 	File       string
-	ClientAddr string // X-Client-Addr: the source address Postfix bound to
-	Helo       string // X-Helo-Args: the EHLO name Postfix sent
+	ClientAddr string // X-Client-Addr: the source address the sender bound to
+	Helo       string // X-Helo-Args: the EHLO name it sent
 	Header     textproto.MIMEHeader
 }
 
-// StartSink runs smtp-sink on addr:25 ("[2001:db8::254]" for IPv6) in
-// namespace ns, dumping into dir; an empty dir dumps nothing (benchmarks).
-func StartSink(ctx context.Context, ns, addr, dir string) (*Sink, error) {
-	if dir == "" {
-		return startSink(ctx, ns, addr, dir, "-u", "nobody", addr+":25", "256")
+// StartSink runs smtp-sink on addr ("host:port", "[v6]:port") in namespace
+// ns (nil: the host's, for loopback addresses), dumping into dir; an empty
+// dir dumps nothing (benchmarks). It returns once the sink listens.
+func StartSink(ctx context.Context, ns *NS, addr, dir string) (*Sink, error) {
+	// smtp-sink refuses to run as root without -u, and drops to that user,
+	// which must be able to write the dumps.
+	args := []string{"-u", "nobody", addr, "256"}
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			return nil, fmt.Errorf("sink dir: %w", err)
+		}
+		if err := os.Chmod(dir, 0o777); err != nil {
+			return nil, fmt.Errorf("sink dir: %w", err)
+		}
+		args = []string{"-u", "nobody", "-d", dir + "/%M.", addr, "100"}
 	}
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return nil, fmt.Errorf("sink dir: %w", err)
-	}
-	// smtp-sink drops to nobody, which must be able to write the dumps.
-	if err := os.Chmod(dir, 0o777); err != nil {
-		return nil, fmt.Errorf("sink dir: %w", err)
-	}
-	return startSink(ctx, ns, addr, dir, "-u", "nobody", "-d", dir+"/%M.", addr+":25", "100")
-}
-
-func startSink(ctx context.Context, ns, addr, dir string, args ...string) (*Sink, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "smtp-sink"}, args...)...)
+	cmd := ns.Command(context.Background(), "smtp-sink", args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("smtp-sink %s: %w", addr, err)
 	}
 	s := &Sink{Dir: dir, cmd: cmd}
-	host := strings.Trim(addr, "[]")
-	if err := waitListen(ctx, ns, host, 25); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, Patience)
+	defer cancel()
+	if err := ns.WaitListen(wctx, addr); err != nil {
 		s.Stop()
 		return nil, fmt.Errorf("smtp-sink %s: %w: %s", addr, err, out.String())
 	}
 	return s, nil
+}
+
+// StartTestSink is StartSink for a test, dumping into a fresh temp dir; the
+// sink stops when the test ends.
+func StartTestSink(t testing.TB, ns *NS, addr string) *Sink {
+	t.Helper()
+	Require(t, SMTPSink)
+	s, err := StartSink(context.Background(), ns, addr, filepath.Join(t.TempDir(), "sink"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
 }
 
 // Stop kills the sink; dumped messages stay in Dir.
@@ -68,7 +82,10 @@ func (s *Sink) Stop() {
 	}
 }
 
-// ReadDumps parses every message dumped under dir.
+// Received parses every message dumped so far.
+func (s *Sink) Received() ([]Received, error) { return ReadDumps(s.Dir) }
+
+// ReadDumps parses every complete message smtp-sink dumped under dir.
 func ReadDumps(dir string) ([]Received, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -84,7 +101,7 @@ func ReadDumps(dir string) ([]Received, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dump %s: %w", e.Name(), err)
 		}
-		// A dump is complete once the message body's header block ended;
+		// A dump is complete once the message's header block ended;
 		// smtp-sink writes the file while the DATA phase runs.
 		if !bytes.Contains(b, []byte("\n\n")) && !bytes.Contains(b, []byte("\r\n\r\n")) {
 			continue
