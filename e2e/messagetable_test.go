@@ -126,26 +126,31 @@ func TestMessageTable(t *testing.T) {
 			for i, m := range row.Messages {
 				ids[i] = fmt.Sprintf("%02d.%d", ri, i+1)
 				e := m.Envelope
+				// The client connects from the mta namespace's loopback
+				// without SASL, in one session per row: a row this harness
+				// cannot reproduce must say so, not pass untested.
+				if e.ClientAddr != "127.0.0.1" || e.ClientName != "" || e.Auth != "" || e.Helo != row.Messages[0].Envelope.Helo {
+					t.Fatalf("message %d: envelope %+v: the live path sends from 127.0.0.1, no client name, no SASL, one HELO per row", i+1, e)
+				}
 				if got, split := vipmilterTest(t, ctx, s, tmp, ids[i], m); got != m.Binding || split != m.Split {
 					t.Errorf("message %d: vipmilter test says %q split %v, want %q split %v", i+1, got, split, m.Binding, m.Split)
 				}
 				msgs = append(msgs, TableMessage{From: e.From, To: e.To, SMTPUTF8: m.SMTPUTF8(), Raw: marked(m.Raw, ids[i])})
 			}
-			// One session per row: the table's envelopes of a row share
-			// one HELO and client.
 			queueIDs, err := SendSession(ctx, s.Net.MTA, row.Messages[0].Envelope.Helo, msgs)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for i, m := range row.Messages {
+				got := waitTableDeliveries(t, ctx, sink, ids[i])
 				// The milter, not another hook, decided: its decision line
-				// for the queue id names the binding and the split.
+				// for the queue id (logged before it answered Postfix, so
+				// long before delivery) names the binding and the split.
 				want := fmt.Sprintf(" binding=%s group=", m.Binding)
 				wantSplit := fmt.Sprintf(" split=%v ", m.Split)
 				if line := decisionLine(s.ServeOutput(), queueIDs[i]); !strings.Contains(line, want) || !strings.Contains(line, wantSplit) {
 					t.Errorf("message %d: live milter decision for queue id %s is %q, want%s%s", i+1, queueIDs[i], line, want, wantSplit)
 				}
-				got := waitTableDeliveries(t, ctx, sink, ids[i])
 				for _, d := range got {
 					t.Logf("message %d: want %s; the sink saw it from %s (binding %s)", i+1, m.Binding, d.Peer, bindingAt(addrOf, d.Peer))
 					if d.Peer != addrOf[m.Binding] {
