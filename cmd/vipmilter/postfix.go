@@ -6,6 +6,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"maps"
+	"os"
 	"os/user"
 	"slices"
 	"strconv"
@@ -69,6 +70,8 @@ func cmdPostfix(c *cli, args []string) error {
 	gid := -1
 	if g, err := user.LookupGroup("vipmilter"); err == nil {
 		gid, _ = strconv.Atoi(g.Gid)
+	} else if _, err := os.Stat(cfg.HeaderKeyFile); errors.Is(err, iofs.ErrNotExist) {
+		fmt.Fprintf(c.stderr, "warning: group vipmilter does not exist (systemd-sysusers creates it): %s will be readable by its owner only, and a milter running as user vipmilter cannot read it; create the group, then chgrp vipmilter %s\n", cfg.HeaderKeyFile, cfg.HeaderKeyFile)
 	}
 	if *dry {
 		// A dry run creates nothing: a missing key is shown as zeros.
