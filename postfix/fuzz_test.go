@@ -24,6 +24,8 @@ func FuzzRender(f *testing.F) {
 	}
 	for _, s := range []string{
 		`Binding "default" { Bind_Address = 192.0.2.1 Bind_Address = 2001:db8::1 EHLO_Hostname = "[IPv6:2001:db8::1]" }`,
+		`Binding"default"{}`,
+		`Binding "default" { EHLO_Hostname = out.example Relay = "[192.0.2.25]" Match_Domain = d.example }  Binding "a" { Bind_Address = 192.0.2.2 }`,
 		`Binding "default" { Bind_Address = 192.0.2.1 }  Binding "a" { Bind_Address = 192.0.2.2 Relay = "[ipv6:2001:db8::25]:587" Match_Domain = müller.example }`,
 		`Binding "a.b_c" { Bind_Address = 2001:db8::10 EHLO_Hostname = __message__ Match_Domain = Example.COM. Max_Outbound_Connections = 1 }`,
 		"Transport_Prefix = out-\nBinding_Header = X-Out\nKeep_Header_On_Delivery = yes\n" +
@@ -78,6 +80,12 @@ func checkRendered(t *testing.T, cfg *config.Config, plan *Plan) {
 	for _, b := range cfg.Bindings {
 		transport := cfg.TransportPrefix + b.Name
 		target := transport + ":" + b.Relay
+		// A default binding without an address of its own is Postfix's
+		// ordinary delivery: no transport of its own.
+		ordinary := b.Name == config.DefaultBindingName && len(b.Addresses) == 0
+		if ordinary {
+			target = "smtp:" + b.Relay
+		}
 		for _, d := range b.MatchDomains {
 			wantSenders["@"+d] = target
 		}
@@ -90,6 +98,12 @@ func checkRendered(t *testing.T, cfg *config.Config, plan *Plan) {
 		}
 
 		s, ok := services[transport+"/unix"]
+		if ordinary {
+			if ok {
+				t.Fatalf("default binding without an address: service %s rendered", transport)
+			}
+			continue
+		}
 		if b.SuspendDelivery {
 			if ok || !slices.Contains(plan.Suspended, transport) {
 				t.Fatalf("suspended binding %q: service rendered %v, listed as suspended %v", b.Name, ok, plan.Suspended)
@@ -136,6 +150,9 @@ func checkRendered(t *testing.T, cfg *config.Config, plan *Plan) {
 	var wantSMTP map[string]string
 	if d := cfg.Default(); d != nil && len(d.Addresses) > 0 {
 		wantSMTP = intendedOverrides(d, "")
+	} else if d != nil {
+		// Only its EHLO name, if it has one, applies to ordinary delivery.
+		wantSMTP = map[string]string{"smtp_helo_name": intendedOverrides(d, "")["smtp_helo_name"]}
 	}
 	for _, name := range []string{"smtp_bind_address", "smtp_bind_address6", "smtp_helo_name", "inet_protocols"} {
 		if smtp[name] != wantSMTP[name] {
