@@ -293,12 +293,7 @@ Binding "Gone" {
 
 	// Requeue: held back by defer_transports, requeued through pickup's
 	// cleanup, released: still the sender map's binding, never the forged one.
-	if err := e.pf.Postconf(ctx, "defer_transports = vip_News"); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.deferTransports(t, ctx, "vip_News")
 	rq := Message{From: "q@news.test", To: []string{"r" + sink}, Subject: "none: requeued", Headers: forged[:1]}
 	if err := Submit(ctx, e.net.MTA, rq); err != nil {
 		t.Fatal(err)
@@ -307,18 +302,8 @@ Binding "Gone" {
 	if err := e.pf.Requeue(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
-		t.Fatalf("postkick: %v: %s", err, out)
-	}
-	if err := e.pf.Postconf(ctx, "defer_transports ="); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.kickPickup(t, ctx)
+	e.deferTransports(t, ctx, "")
 	if m := e.waitSubjects(t, ctx, rq.Subject)[rq.Subject]; m.ClientAddr != "192.0.2.31" {
 		t.Errorf("requeued message left from %s, want 192.0.2.31 (binding News by Match_Domain)", m.ClientAddr)
 	}
@@ -425,12 +410,7 @@ func rawSubmit(ctx context.Context, ns *testenv.NS, m Message, first string) err
 // its binding's address and not through the stock smtp transport.
 func requeued(t *testing.T, ctx context.Context, e *env) {
 	t.Helper()
-	if err := e.pf.Postconf(ctx, "defer_transports = vip_VIP"); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.deferTransports(t, ctx, "vip_VIP")
 	routed := func() int { return strings.Count(e.pf.Log(), "filter: header X-Binding: VIP "+policyKey) }
 	before := routed()
 	m := Message{From: "r@other.test", To: []string{"vip@[" + SinkAddr4 + "]"}, Subject: "policy requeue"}
@@ -446,23 +426,38 @@ func requeued(t *testing.T, ctx context.Context, e *env) {
 	if err := e.pf.Requeue(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// postsuper -r leaves the message in maildrop; wake pickup now
-	// rather than at its next 60 s poll.
-	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
-		t.Fatalf("postkick: %v: %s", err, out)
-	}
+	e.kickPickup(t, ctx)
 	wait(before+2, "the requeued message routed again by pickup's cleanup")
-	if err := e.pf.Postconf(ctx, "defer_transports ="); err != nil {
+	e.deferTransports(t, ctx, "")
+	if got := e.waitSubjects(t, ctx, m.Subject)[m.Subject]; got.ClientAddr != "192.0.2.32" {
+		t.Errorf("requeued message left from %s, want 192.0.2.32 (binding VIP)", got.ClientAddr)
+	}
+}
+
+// deferTransports sets main.cf defer_transports and reloads; "" releases
+// the deferred mail at once (postqueue -f).
+func (e *env) deferTransports(t *testing.T, ctx context.Context, transports string) {
+	t.Helper()
+	if err := e.pf.Postconf(ctx, "defer_transports = "+transports); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.pf.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if transports != "" {
+		return
+	}
 	if err := e.pf.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.waitSubjects(t, ctx, m.Subject)[m.Subject]; got.ClientAddr != "192.0.2.32" {
-		t.Errorf("requeued message left from %s, want 192.0.2.32 (binding VIP)", got.ClientAddr)
+}
+
+// kickPickup wakes pickup now rather than at its next 60 s poll: postsuper
+// -r leaves requeued mail in maildrop.
+func (e *env) kickPickup(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
+		t.Fatalf("postkick: %v: %s", err, out)
 	}
 }
 
