@@ -103,6 +103,8 @@ func TestInterspersedFlags(t *testing.T) {
 					val = "json"
 				case f.DefValue == "10s":
 					val = "3s"
+				case strings.Contains(f.Usage, "SERVICE/TYPE=NAME"):
+					val = "smtp/inet=x"
 				default:
 					val = "x" + f.DefValue
 				}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"os/user"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -34,21 +35,36 @@ A suspended binding's transport is left out of master.cf so its mail defers
 ("mail transport unavailable") and no "postqueue -f" releases it.
 See docs/postfix.md.`
 
+// daemonNameFlag is --daemon-name, repeatable: "name/type" -> the name the
+// policy sees as vnd.vipmilter.daemon.
+type daemonNameFlag map[string]string
+
+func (d daemonNameFlag) String() string {
+	var v []string
+	for svc, name := range d {
+		v = append(v, svc+"="+name)
+	}
+	sort.Strings(v)
+	return strings.Join(v, ",")
+}
+
+func (d daemonNameFlag) Set(v string) error {
+	svc, name, ok := strings.Cut(v, "=")
+	if !ok || strings.Count(svc, "/") != 1 {
+		return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
+	}
+	d[svc] = name
+	return nil
+}
+
 func cmdPostfix(c *cli, args []string) error {
 	fs := c.flags("postfix")
 	cfgPath := configFlag(fs)
 	dir := fs.String("config-dir", "/etc/postfix", "Postfix config `DIR`")
 	dry := fs.Bool("dry-run", false, "print the changes as a diff; change nothing")
 	noReload := fs.Bool("no-reload", false, "do not reload a running Postfix (say that a reload is needed)")
-	daemonNames := map[string]string{}
-	fs.Func("daemon-name", "set milter_macro_daemon_name on an smtpd service, `SERVICE/TYPE=NAME` (e.g. submission/inet=submission), so the policy's vnd.vipmilter.daemon tells services apart; repeatable", func(v string) error {
-		svc, name, ok := strings.Cut(v, "=")
-		if !ok || strings.Count(svc, "/") != 1 {
-			return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
-		}
-		daemonNames[svc] = name
-		return nil
-	})
+	daemonNames := daemonNameFlag{}
+	fs.Var(daemonNames, "daemon-name", "set milter_macro_daemon_name on an smtpd service, `SERVICE/TYPE=NAME` (e.g. submission/inet=submission), so the policy's vnd.vipmilter.daemon tells services apart; repeatable")
 	allowLocal := fs.Bool("allow-local-domains", false, "apply even though this Postfix delivers some domains itself (their inbound mail would be routed out by SMTP)")
 	if err := fs.Parse(args); err != nil {
 		return err
