@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -21,7 +22,7 @@ const (
 	DefaultTransportPrefix   = "vip_"
 	DefaultKeepHeader        = false
 	DefaultStateDir          = "/var/lib/vipmilter"
-	DefaultHeaderKeyFile     = "/etc/vipmilter/binding-header.key"
+	DefaultHeaderKeyFile     = "binding-header.key" // next to the binding file
 	DefaultEHLOHostname      = EHLOHostname
 	DefaultMaxOutbound       = 32 // connections per destination domain
 	DefaultServerMaxOutbound = 0  // Postfix's default_process_limit
@@ -97,7 +98,7 @@ func decode(name string, nodes []*Node) (*Config, error) {
 		TransportPrefix: DefaultTransportPrefix,
 		KeepHeader:      DefaultKeepHeader,
 		StateDir:        DefaultStateDir,
-		HeaderKeyFile:   DefaultHeaderKeyFile,
+		HeaderKeyFile:   filepath.Join(filepath.Dir(name), DefaultHeaderKeyFile),
 		PolicyListen:    MustParseListen(DefaultPolicyListen),
 		Hook:            HookAuto,
 	}

@@ -84,8 +84,8 @@ func init() {
 		{Name: "State_Dir", Scopes: inGlobal, Values: "absolute path", Default: DefaultStateDir,
 			Doc: "Where the provisioner records which addresses it added, so that `--prune` never removes an address it did not add.",
 			set: setStateDir},
-		{Name: "Binding_Header_Key", Scopes: inGlobal, Values: "absolute path", Default: DefaultHeaderKeyFile,
-			Doc: "A per-install secret that the milter writes into every binding header it adds and that the rendered MTA tables require, so that a binding header a client forged (by SMTP or local `sendmail`, on any path, including requeue and a milter that was down) never routes a message. `vipmilter postfix` creates it (mode 0640, readable by the `vipmilter` group) when it does not exist; `vipmilter serve` reads it.",
+		{Name: "Binding_Header_Key", Scopes: inGlobal, Values: "file name, relative to the binding file's directory", Default: DefaultHeaderKeyFile,
+			Doc: "A per-install secret that the milter (and the policy service) writes into every binding header and that the rendered Postfix tables require, so that a binding header a client forged (by SMTP or local `sendmail`, on any path, including requeue and a milter that was down) never routes a message. `vipmilter postfix` creates it (mode 0640, group `vipmilter`; it warns when that group does not exist, since the milter then cannot read it) when it does not exist; `vipmilter serve` reads it. Not used on a Sendmail host, where no binding header is written. The default puts it next to the binding file (`/etc/vipmilter/binding-header.key` for the default file).",
 			set: setHeaderKeyFile},
 		{Name: "Sendmail_Socketmap", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Unset: "none (no Sendmail)",
 			Doc: "Where `vipmilter serve` answers Sendmail's socketmap with the binding and address it decided for each queue id, and where the fragment `vipmilter sendmail` renders points Sendmail. Set it only on a Sendmail host; see docs/sendmail.md.",
@@ -139,25 +139,29 @@ func lookupKeyword(name string) *keyword { return keywordIndex[strings.ToLower(n
 // suggest returns the keyword closest to name, or "" when none is close
 // enough to be a plausible typo.
 func suggest(name string) string {
-	lname := strings.ToLower(name)
-	best, bestDist := "", 1<<30
-	for _, k := range keywords {
-		d := editDistance(lname, strings.ToLower(k.Name))
-		if d < bestDist {
-			best, bestDist = k.Name, d
+	names := make([]string, len(keywords))
+	for i, k := range keywords {
+		names[i] = k.Name
+	}
+	return Closest(name, names)
+}
+
+// Closest returns the candidate nearest to s by edit distance (letter case
+// ignored), or "" when none is near enough to be a plausible typo: at most
+// a third of s's length, and at least 2, edits away. "Did you mean" in
+// config and script errors.
+func Closest(s string, candidates []string) string {
+	ls := strings.ToLower(s)
+	best, bestDist := "", max(2, len(s)/3)+1
+	for _, c := range candidates {
+		if d := editDistance(ls, strings.ToLower(c)); d < bestDist {
+			best, bestDist = c, d
 		}
-	}
-	limit := len(name) / 3
-	if limit < 2 {
-		limit = 2
-	}
-	if bestDist > limit {
-		return ""
 	}
 	return best
 }
 
-// editDistance is the Levenshtein distance between a and b.
+// editDistance is the Levenshtein distance between a and b, in bytes.
 func editDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)

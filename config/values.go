@@ -245,10 +245,18 @@ func setStateDir(d *decoder, n *Node, _ *values) {
 	}
 }
 
+// setHeaderKeyFile takes a path relative to the binding file's directory,
+// as Sieve_Script does, so a key always belongs to its binding file.
 func setHeaderKeyFile(d *decoder, n *Node, _ *values) {
-	if p, ok := d.absPath(n); ok {
-		d.cfg.HeaderKeyFile = p
+	if n.Value == "" {
+		d.bad(n, "want a file name")
+		return
 	}
+	p := n.Value
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(filepath.Dir(d.cfg.File), p)
+	}
+	d.cfg.HeaderKeyFile = filepath.Clean(p)
 }
 
 func setSelection(d *decoder, n *Node, v *values) {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -74,7 +75,10 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 		return nil, err
 	}
 	cur := strings.Split(out, "\n")
-	if out, err = postconf(ctx, light, append([]string{"-dxh"}, local...)...); err != nil {
+	// The default is compared as written ("$myhostname, localhost.$mydomain,
+	// localhost"), not expanded: -d would expand it with the machine's host
+	// name rather than main.cf's myhostname, and call the stock text local.
+	if out, err = postconf(ctx, light, append([]string{"-dh"}, local...)...); err != nil {
 		return nil, err
 	}
 	def := strings.Split(out, "\n")
@@ -83,10 +87,11 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 	}
 	st.QueueDir, st.ContentFilter = strings.TrimSpace(cur[0]), strings.TrimSpace(cur[1])
 	for i, name := range local {
-		if _, set := st.Main[name]; !set {
+		raw, set := st.Main[name]
+		if !set || sameList(raw, def[i]) {
 			continue
 		}
-		if v := strings.TrimSpace(cur[2+i]); v != "" && v != strings.TrimSpace(def[i]) {
+		if v := strings.TrimSpace(cur[2+i]); v != "" {
 			st.LocalDomains = append(st.LocalDomains, name+" = "+v)
 		}
 	}
@@ -223,4 +228,10 @@ func logicalLines(text string) []string {
 	}
 	flush()
 	return logical
+}
+
+// sameList reports whether two Postfix list values hold the same entries
+// in the same order, whatever the separators (commas, white space).
+func sameList(a, b string) bool {
+	return slices.Equal(splitList(a), splitList(b))
 }

@@ -90,7 +90,7 @@ func queueDir(o Options) string {
 // that cannot be rendered.
 func Render(cfg *config.Config, o Options) ([]File, error) {
 	if cfg.SendmailSocketmap.IsZero() {
-		return nil, fmt.Errorf("%s: Sendmail_Socketmap is not set: Sendmail needs it to learn the the milter decisions", cfg.File)
+		return nil, fmt.Errorf("%s: Sendmail_Socketmap is not set: Sendmail learns the milter's decisions through it; add e.g. Sendmail_Socketmap = \"inet:127.0.0.1:8895\" to the binding file", cfg.File)
 	}
 	if !filepath.IsAbs(o.ConfigDir) {
 		return nil, fmt.Errorf("sendmail config dir %q: want an absolute path", o.ConfigDir)

@@ -252,8 +252,8 @@ func bindingSet(c parser.Cmd) (parser.StringArg, parser.StringArg, bool) {
 	return str[0], str[1], true
 }
 
-// closestName is the declared binding or group name nearest to s (edit
-// distance, case ignored), or "" when none is near enough to be a typo.
+// closestName is the declared binding or group name nearest to s, or ""
+// when none is near enough to be a typo.
 func closestName(s string, cfg *config.Config) string {
 	var names []string
 	for _, b := range cfg.Bindings {
@@ -262,34 +262,7 @@ func closestName(s string, cfg *config.Config) string {
 	for _, g := range cfg.Groups {
 		names = append(names, g.Name)
 	}
-	best, bestD := "", max(2, len(s)/3)+1
-	for _, n := range names {
-		if d := editDistance(strings.ToLower(s), strings.ToLower(n)); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b, in bytes.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return config.Closest(s, names)
 }
 
 func argPos(a parser.Arg, def lexer.Position) lexer.Position {

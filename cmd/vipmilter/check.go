@@ -36,7 +36,10 @@ would choose but Postfix does not route waits in the hold queue until then.
 
 When Sendmail_Socketmap is set, it also prints, one "sendmail:" line each,
 what the file asks for that Sendmail cannot honour exactly (EHLO names,
-per-destination limits, dual-stack bindings, Relay).
+per-destination limits, dual-stack bindings, Relay), and refuses (exit 1,
+naming file and line) a sendmail.mc or sendmail.cf in --sendmail-dir
+(default /etc/mail) that defines what the fragment needs (the queuegroup or
+check_compat ruleset, HeloName, a host status directory, …).
 
 Run it after every edit, before reloading the milter.`
 
@@ -45,6 +48,7 @@ func cmdCheck(c *cli, args []string) error {
 	path := configFlag(fs)
 	routes := fs.Bool("routes", false, "also check that every binding address is on the host and routable")
 	pfDir := postfixDirFlag(fs)
+	smDir := fs.String("sendmail-dir", "/etc/mail", "Sendmail config `DIR` whose sendmail.mc (and sendmail.cf) check reads for what the fragment cannot be combined with, when Sendmail_Socketmap is set")
 	probe := fs.String("probe", "", "destination `ADDR[,ADDR]` (one per family) whose route --routes looks up; nothing is sent (default 198.51.100.1,2001:db8:ffff::1)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,6 +64,16 @@ func cmdCheck(c *cli, args []string) error {
 	if !cfg.SendmailSocketmap.IsZero() {
 		for _, l := range sendmail.Limitations(cfg) {
 			fmt.Fprintf(c.stdout, "sendmail: %s\n", l)
+		}
+		conflicts, _, _, err := sendmail.CheckDir(*smDir)
+		if err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		if len(conflicts) > 0 {
+			for _, e := range conflicts {
+				fmt.Fprintf(c.stderr, "error: %v\n", e)
+			}
+			return &exitError{code: 1, err: fmt.Errorf("%s: the site's Sendmail configuration cannot take vipmilter.m4 as it is", *smDir)}
 		}
 	}
 	hook, why, err := policyd.ChooseHook(cfg, pol.Needs())

@@ -98,13 +98,25 @@ Binding "Mail" {
 			[]string{`sendmail: binding "Mail": Sendmail greets with the name 192.0.2.10 resolves to`, `sendmail: binding "Mail": Max_Outbound_Connections = 5 cannot be honoured`}, nil},
 		{"postfix host", "", nil, []string{"sendmail:"}},
 	}
+	// A site whose sendmail.mc defines a ruleset the fragment needs is refused.
+	mail := t.TempDir()
+	if err := os.WriteFile(filepath.Join(mail, "sendmail.mc"), []byte("divert(0)dnl\nFEATURE(`compat_check')dnl\nMAILER(smtp)dnl\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "site.conf")
+	if err := os.WriteFile(bad, []byte("Sendmail_Socketmap = \"inet:127.0.0.1:8895\"\n"+bindings), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := run("check", "-c", bad, "--sendmail-dir", mail); code != 1 || !strings.Contains(errOut, "sendmail.mc:2: FEATURE(`compat_check')") {
+		t.Errorf("conflicting sendmail.mc: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_")+".conf")
 			if err := os.WriteFile(p, []byte(tt.global+bindings), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			code, out, errOut := run("check", "-c", p)
+			code, out, errOut := run("check", "-c", p, "--sendmail-dir", t.TempDir())
 			if code != 0 {
 				t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out, errOut)
 			}

@@ -104,7 +104,7 @@ func TestInterspersedFlags(t *testing.T) {
 				case f.DefValue == "10s":
 					val = "3s"
 				case strings.Contains(f.Usage, "SERVICE/TYPE=NAME"):
-					val = "smtp/inet=x"
+					val = "submission/inet=submission"
 				default:
 					val = "x" + f.DefValue
 				}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	iofs "io/fs"
+	"maps"
+	"os"
 	"os/user"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -34,28 +36,6 @@ changed: a second run prints "no changes". A running Postfix is reloaded.
 A suspended binding's transport is left out of master.cf so its mail defers
 ("mail transport unavailable") and no "postqueue -f" releases it.
 See docs/postfix.md.`
-
-// daemonNameFlag is --daemon-name, repeatable: "name/type" -> the name the
-// policy sees as vnd.vipmilter.daemon.
-type daemonNameFlag map[string]string
-
-func (d daemonNameFlag) String() string {
-	var v []string
-	for svc, name := range d {
-		v = append(v, svc+"="+name)
-	}
-	sort.Strings(v)
-	return strings.Join(v, ",")
-}
-
-func (d daemonNameFlag) Set(v string) error {
-	svc, name, ok := strings.Cut(v, "=")
-	if !ok || strings.Count(svc, "/") != 1 {
-		return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
-	}
-	d[svc] = name
-	return nil
-}
 
 func cmdPostfix(c *cli, args []string) error {
 	fs := c.flags("postfix")
@@ -102,6 +82,8 @@ func cmdPostfix(c *cli, args []string) error {
 	gid := -1
 	if g, err := user.LookupGroup("vipmilter"); err == nil {
 		gid, _ = strconv.Atoi(g.Gid)
+	} else if _, err := os.Stat(cfg.HeaderKeyFile); errors.Is(err, iofs.ErrNotExist) {
+		fmt.Fprintf(c.stderr, "warning: group vipmilter does not exist (systemd-sysusers creates it): %s will be readable by its owner only, and a milter running as user vipmilter cannot read it; create the group, then chgrp vipmilter %s\n", cfg.HeaderKeyFile, cfg.HeaderKeyFile)
 	}
 	if *dry {
 		// A dry run creates nothing: a missing key is shown as zeros.
@@ -121,4 +103,24 @@ func cmdPostfix(c *cli, args []string) error {
 	}
 	_, err = postfix.Apply(ctx, plan, st, postfix.ApplyOptions{DryRun: *dry, NoReload: *noReload, Out: c.stdout})
 	return err
+}
+
+// daemonNameFlag collects --daemon-name SERVICE/TYPE=NAME, one per service.
+type daemonNameFlag map[string]string
+
+func (d daemonNameFlag) Set(v string) error {
+	svc, name, ok := strings.Cut(v, "=")
+	if !ok || strings.Count(svc, "/") != 1 {
+		return fmt.Errorf("want SERVICE/TYPE=NAME, e.g. submission/inet=submission")
+	}
+	d[svc] = name
+	return nil
+}
+
+func (d daemonNameFlag) String() string {
+	var out []string
+	for _, svc := range slices.Sorted(maps.Keys(d)) {
+		out = append(out, svc+"="+d[svc])
+	}
+	return strings.Join(out, ",")
 }

@@ -47,6 +47,10 @@ Binding "a" {
 	}{
 		{name: "dry run shows the transport", args: []string{"--dry-run"}, stdout: "+ vip_a unix", unchanged: true},
 		{name: "local domains refused", main: "virtual_mailbox_domains = example.net\n", code: 1, stderr: "delivers mail locally", unchanged: true},
+		{name: "local mydestination refused", main: "mydestination = example.net, localhost\n", code: 1, stderr: "delivers mail locally", unchanged: true},
+		// Debian's "Internet Site" writes the stock text out; with its own
+		// myhostname it is still the default, not a local domain.
+		{name: "stock mydestination written out", main: "myhostname = mta.example.net\nmydestination = $myhostname, localhost.$mydomain, localhost\n", args: []string{"--dry-run"}, stdout: "+ vip_a unix", unchanged: true},
 		{name: "stray argument", args: []string{"extra"}, code: 2, stderr: "unexpected arguments", unchanged: true},
 		{name: "no main.cf: say what to do", noMain: true, code: 1, stderr: "has no main.cf: this Postfix is not configured yet", unchanged: true},
 		{name: "relative config dir renders absolute paths", conf: "Hook = milter\n", relative: true, args: []string{"--dry-run"}, stdout: "milter_header_checks = regexp:/", unchanged: true},

@@ -28,7 +28,7 @@ func cmdSendmail(c *cli, args []string) error {
 	fs := c.flags("sendmail")
 	cfgPath := configFlag(fs)
 	dir := fs.String("config-dir", "/etc/mail", "Sendmail config `DIR` (holds sendmail.mc)")
-	queue := fs.String("queue-dir", sendmail.DefaultQueueDir, "Sendmail's QueueDirectory; queue groups are made below it")
+	queue := fs.String("queue-dir", sendmail.DefaultQueueDir, "Sendmail's QueueDirectory `DIR`; queue groups are made below it")
 	dry := fs.Bool("dry-run", false, "print what would be written; change nothing")
 	if err := fs.Parse(args); err != nil {
 		return err
