@@ -17,7 +17,6 @@ import (
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/internal/testenv"
 	"github.com/vipmilter/vipmilter/policyd"
-	"github.com/vipmilter/vipmilter/postfix"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
@@ -27,11 +26,10 @@ const policyKey = "00112233445566778899aabbccddeeff"
 // TestPolicyService routes mail through a real Postfix with "vipmilter
 // serve" on an envelope-only policy, so the policy hook: smtpd mail is
 // decided by the SMTPD policy service (no milter in smtpd_milters), which
-// answers PREPEND with the keyed binding header, and header_checks route it
-// (the tables are written here as the policy hook's rendering describes
-// them: keyed header -> FILTER, other copies IGNORE, MIME/nested parts and
-// egress stripped); mail from sendmail is decided by the milter in
-// non_smtpd_milters. Checked: the source address the sink saw for a
+// answers PREPEND with the keyed binding header, and header_checks route it;
+// mail from sendmail is decided by the milter in non_smtpd_milters. All of
+// it is rendered by "vipmilter postfix", which picks the policy hook from
+// the script. Checked: what main.cf holds; the source address the sink saw for a
 // sender rule, for a rule on the first of three recipients (known only
 // from the RCPT requests), for messages whose client forged binding
 // headers, for sendmail mail and after postsuper -r; that no binding
@@ -41,13 +39,7 @@ func TestPolicyService(t *testing.T) {
 	defer cancel()
 	e := newEnv(t, ctx)
 	dir := t.TempDir()
-	bin := os.Getenv("VIPE2E_BIN")
-	if bin == "" {
-		var err error
-		if bin, err = BuildVipmilter(ctx, repoRoot(t), dir); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := e2eBinary(t, ctx, dir)
 
 	bindings := []struct{ name, addr string }{{"default", "192.0.2.30"}, {"News", "192.0.2.31"}, {"VIP", "192.0.2.32"}}
 	keyFile := filepath.Join(dir, "binding-header.key")
@@ -101,60 +93,28 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 
 	// The host's own recipient restriction, kept after vipmilter's entry:
 	// it rejects a recipient the policy service has already seen.
+	rcptAccess := "check_recipient_access regexp:" + filepath.Join(e.pf.Dir, "rcpt_access")
 	if err := os.WriteFile(filepath.Join(e.pf.Dir, "rcpt_access"), []byte("/^vip@rejected\\.test$/ REJECT no such user\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	host := map[string]string{"smtpd_recipient_restrictions": "check_recipient_access regexp:" + filepath.Join(e.pf.Dir, "rcpt_access")}
-	hook, err := postfix.PolicyService(cfg, postfix.Options{}, host, "", nil)
-	if err != nil {
+	if err := e.pf.Postconf(ctx, "smtpd_recipient_restrictions = "+rcptAccess); err != nil {
 		t.Fatal(err)
 	}
-	routes, strip := "", "/^X-Binding:/ IGNORE\n"
-	master := ""
 	for _, b := range bindings {
 		if err := e.net.AddAddress(ctx, b.addr); err != nil {
 			t.Fatal(err)
 		}
-		routes += fmt.Sprintf("/^X-Binding: %s %s$/ FILTER vip_%s:\n", b.name, policyKey, b.name)
-		master += fmt.Sprintf("vip_%s unix - - n - - smtp -o smtp_bind_address=%s -o smtp_helo_name=%s.e2e.test -o smtp_header_checks=regexp:%s/strip_checks\n",
-			b.name, b.addr, strings.ToLower(b.name), e.pf.Dir)
 	}
-	routes += strip
-	for name, body := range map[string]string{"route_checks": routes, "strip_checks": strip} {
-		if err := os.WriteFile(filepath.Join(e.pf.Dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if out := applyPostfix(t, ctx, e, bin, confPath); !strings.Contains(out, "hook: policy (") {
+		t.Fatalf("vipmilter postfix did not pick the policy hook:\n%s", out)
 	}
-	// The milter writes the binding header for sendmail mail; milter
-	// header edits are checked by milter_header_checks only.
-	milterRoutes := ""
-	for _, b := range bindings {
-		milterRoutes += fmt.Sprintf("/^X-Binding: %s( %s)?$/ FILTER vip_%s:\n", b.name, policyKey, b.name)
+	const entry = "check_policy_service { inet:127.0.0.1:8896, default_action=DUNNO }"
+	mainCF := postconfValues(t, ctx, e, "smtpd_milters", "non_smtpd_milters", "smtpd_recipient_restrictions", "smtpd_data_restrictions")
+	if strings.Contains(mainCF["smtpd_milters"], "8894") || !strings.Contains(mainCF["non_smtpd_milters"], "inet:127.0.0.1:8894") {
+		t.Errorf("the policy hook must keep the milter for sendmail mail only: %q", mainCF)
 	}
-	if err := os.WriteFile(filepath.Join(e.pf.Dir, "milter_checks"), []byte(milterRoutes), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if !hook.NonSMTPDMilter || hook.SMTPDMilter {
-		t.Fatal("the policy hook must keep the milter for sendmail mail only")
-	}
-	settings := []string{
-		"non_smtpd_milters = inet:127.0.0.1:8894",
-		"milter_header_checks = regexp:" + filepath.Join(e.pf.Dir, "milter_checks"),
-		"header_checks = regexp:" + filepath.Join(e.pf.Dir, "route_checks"),
-		"mime_header_checks = regexp:" + filepath.Join(e.pf.Dir, "strip_checks"),
-		"nested_header_checks = regexp:" + filepath.Join(e.pf.Dir, "strip_checks"),
-	}
-	for _, p := range hook.Main {
-		settings = append(settings, p.Name+" = "+p.Value)
-	}
-	if err := e.pf.Postconf(ctx, settings...); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.AppendMaster(master); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.Reload(ctx); err != nil {
-		t.Fatal(err)
+	if mainCF["smtpd_recipient_restrictions"] != entry+", "+rcptAccess || mainCF["smtpd_data_restrictions"] != entry {
+		t.Errorf("restrictions: want vipmilter's policy service first, then the host's: %q", mainCF)
 	}
 
 	sink := "@[" + SinkAddr4 + "]"
@@ -208,8 +168,9 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 	// smtpd does not log a PREPEND action; cleanup logs every header_checks
 	// FILTER match in full, key included (as for the milter's header), so
 	// the maillog is as secret as the key file.
+	// pickup's cleanup is vipmilter's vip_cleanup.
 	for _, line := range strings.Split(e.pf.Log(), "\n") {
-		if strings.Contains(line, policyKey) && !strings.Contains(line, "postfix/cleanup[") {
+		if strings.Contains(line, policyKey) && !strings.Contains(line, "postfix/cleanup[") && !strings.Contains(line, "postfix/vip_cleanup/cleanup[") {
 			t.Errorf("the header key appears in a maillog line other than cleanup's filter lines: %s", line)
 		}
 	}
@@ -226,6 +187,178 @@ if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
 		t.Errorf("%d milter decision lines, want 1 (the sendmail message)", n)
 	}
 	requeued(t, ctx, e)
+}
+
+// TestPolicyServiceNotNeeded: a binding file with Match_Domain alone and no
+// script takes no hook at all. "vipmilter postfix" renders no milter and no
+// policy service, and no "vipmilter serve" runs: Postfix's
+// sender_dependent_default_transport_maps places the mail. Checked: main.cf
+// holds no vipmilter milter or policy entry; mail by SMTP and by sendmail
+// leaves from its Match_Domain binding, also when the client forged a
+// binding header carrying the real key (nothing routes by the header, since
+// vipmilter writes none) and after postsuper -r; mail for a binding whose
+// address is not on the host waits in the deferred queue, never leaving
+// from another address.
+func TestPolicyServiceNotNeeded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := newEnv(t, ctx)
+	dir := t.TempDir()
+	bin := e2eBinary(t, ctx, dir)
+	keyFile := filepath.Join(dir, "binding-header.key")
+	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`Binding_Header_Key = %q
+Milter_Listen = inet:127.0.0.1:8894
+Policy_Listen = inet:127.0.0.1:8896
+Binding "default" { Bind_Address = 192.0.2.30 }
+Binding "News" {
+  Bind_Address = 192.0.2.31
+  Match_Domain = news.test
+}
+Binding "Gone" {
+  Bind_Address = 192.0.2.39
+  Match_Domain = gone.test
+}
+`, keyFile)
+	confPath := filepath.Join(dir, "vipmilter.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Gone's address is deliberately not on the host.
+	for _, a := range []string{"192.0.2.30", "192.0.2.31"} {
+		if err := e.net.AddAddress(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := applyPostfix(t, ctx, e, bin, confPath); !strings.Contains(out, "hook: none (") {
+		t.Fatalf("vipmilter postfix did not pick the none hook:\n%s", out)
+	}
+	mainCF := postconfValues(t, ctx, e, "smtpd_milters", "non_smtpd_milters", "smtpd_recipient_restrictions", "smtpd_data_restrictions", "milter_header_checks", "header_checks")
+	for name, v := range mainCF {
+		if strings.Contains(v, "8894") || strings.Contains(v, "8896") || strings.Contains(v, "check_policy_service") || strings.Contains(v, "vipmilter_header_checks") {
+			t.Errorf("main.cf %s = %s: no hook renders no milter, no policy service and no routing by header", name, v)
+		}
+	}
+
+	sink := "@[" + SinkAddr4 + "]"
+	forged := []string{"X-Binding: default " + policyKey, "X-Binding: News " + policyKey}
+	cases := []routeCase{
+		{Message{From: "a@news.test", To: []string{"r" + sink}, Subject: "none: sender map", Headers: forged[:1]}, "192.0.2.31"},
+		{Message{From: "b@other.test", To: []string{"r" + sink, "s" + sink}, Subject: "none: no match, default", Headers: forged[1:]}, "192.0.2.30"},
+	}
+	var subjects []string
+	for _, c := range cases {
+		subjects = append(subjects, c.msg.Subject)
+		if err := Submit(ctx, e.net.MTA, c.msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local := Message{From: "l@news.test", To: []string{"r" + sink}, Subject: "none: sendmail"}
+	if err := e.pf.Sendmail(ctx, local.From, local.To, []byte("Subject: "+local.Subject+"\n"+forged[0]+"\n\nbody\n")); err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, routeCase{local, "192.0.2.31"})
+	gone := Message{From: "g@gone.test", To: []string{"r" + sink}, Subject: "none: binding address missing", Headers: forged[:1]}
+	if err := Submit(ctx, e.net.MTA, gone); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitSubjects(t, ctx, append(subjects, local.Subject)...)
+	for _, c := range cases {
+		m := got[c.msg.Subject]
+		if m.ClientAddr != c.want {
+			t.Errorf("%q: left from %s, want %s", c.msg.Subject, m.ClientAddr, c.want)
+		}
+		if v := m.Header.Values("X-Binding"); len(v) != 0 {
+			t.Errorf("%q: binding header left the host: %q", c.msg.Subject, v)
+		}
+	}
+	waitDeferred := func(sender string) {
+		t.Helper()
+		err := testenv.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+			qs, err := e.pf.Entries(ctx)
+			for _, q := range qs {
+				if q.Sender == sender && q.QueueName == "deferred" {
+					return true, nil
+				}
+			}
+			return false, err
+		}, sender+" deferred")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.pf.Queue(ctx))
+		}
+	}
+	waitDeferred(gone.From)
+
+	// Requeue: held back by defer_transports, requeued through pickup's
+	// cleanup, released: still the sender map's binding, never the forged one.
+	e.deferTransports(t, ctx, "vip_News")
+	rq := Message{From: "q@news.test", To: []string{"r" + sink}, Subject: "none: requeued", Headers: forged[:1]}
+	if err := Submit(ctx, e.net.MTA, rq); err != nil {
+		t.Fatal(err)
+	}
+	waitDeferred(rq.From)
+	if err := e.pf.Requeue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.kickPickup(t, ctx)
+	e.deferTransports(t, ctx, "")
+	if m := e.waitSubjects(t, ctx, rq.Subject)[rq.Subject]; m.ClientAddr != "192.0.2.31" {
+		t.Errorf("requeued message left from %s, want 192.0.2.31 (binding News by Match_Domain)", m.ClientAddr)
+	}
+	waitDeferred(gone.From)
+	msgs, err := testenv.ReadDumps(e.sinkDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.Header.Get("Subject") == gone.Subject {
+			t.Errorf("mail for a binding whose address is missing left from %s", m.ClientAddr)
+		}
+	}
+}
+
+// e2eBinary is $VIPE2E_BIN, or vipmilter built into dir.
+func e2eBinary(t *testing.T, ctx context.Context, dir string) string {
+	t.Helper()
+	if bin := os.Getenv("VIPE2E_BIN"); bin != "" {
+		return bin
+	}
+	bin, err := BuildVipmilter(ctx, repoRoot(t), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// applyPostfix runs "vipmilter postfix" on the test's Postfix (it reloads
+// it) and returns its output.
+func applyPostfix(t *testing.T, ctx context.Context, e *env, bin, conf string) string {
+	t.Helper()
+	out, err := e.net.MTA.Command(ctx, bin, "postfix", "-c", conf, "--config-dir", e.pf.Dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("vipmilter postfix: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// postconfValues reads main.cf parameters as "postconf -h" shows them.
+func postconfValues(t *testing.T, ctx context.Context, e *env, names ...string) map[string]string {
+	t.Helper()
+	out, err := e.net.MTA.Command(ctx, "postconf", append([]string{"-c", e.pf.Dir, "-h"}, names...)...).Output()
+	if err != nil {
+		t.Fatalf("postconf: %v", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) != len(names) {
+		t.Fatalf("postconf -h %s: %q", strings.Join(names, " "), out)
+	}
+	v := map[string]string{}
+	for i, n := range names {
+		v[n] = lines[i]
+	}
+	return v
 }
 
 // rawSubmit sends m over SMTP from inside ns with first as an extra first
@@ -277,12 +410,7 @@ func rawSubmit(ctx context.Context, ns *testenv.NS, m Message, first string) err
 // its binding's address and not through the stock smtp transport.
 func requeued(t *testing.T, ctx context.Context, e *env) {
 	t.Helper()
-	if err := e.pf.Postconf(ctx, "defer_transports = vip_VIP"); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.pf.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.deferTransports(t, ctx, "vip_VIP")
 	routed := func() int { return strings.Count(e.pf.Log(), "filter: header X-Binding: VIP "+policyKey) }
 	before := routed()
 	m := Message{From: "r@other.test", To: []string{"vip@[" + SinkAddr4 + "]"}, Subject: "policy requeue"}
@@ -298,23 +426,38 @@ func requeued(t *testing.T, ctx context.Context, e *env) {
 	if err := e.pf.Requeue(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// postsuper -r leaves the message in maildrop; wake pickup now
-	// rather than at its next 60 s poll.
-	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
-		t.Fatalf("postkick: %v: %s", err, out)
-	}
+	e.kickPickup(t, ctx)
 	wait(before+2, "the requeued message routed again by pickup's cleanup")
-	if err := e.pf.Postconf(ctx, "defer_transports ="); err != nil {
+	e.deferTransports(t, ctx, "")
+	if got := e.waitSubjects(t, ctx, m.Subject)[m.Subject]; got.ClientAddr != "192.0.2.32" {
+		t.Errorf("requeued message left from %s, want 192.0.2.32 (binding VIP)", got.ClientAddr)
+	}
+}
+
+// deferTransports sets main.cf defer_transports and reloads; "" releases
+// the deferred mail at once (postqueue -f).
+func (e *env) deferTransports(t *testing.T, ctx context.Context, transports string) {
+	t.Helper()
+	if err := e.pf.Postconf(ctx, "defer_transports = "+transports); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.pf.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if transports != "" {
+		return
+	}
 	if err := e.pf.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.waitSubjects(t, ctx, m.Subject)[m.Subject]; got.ClientAddr != "192.0.2.32" {
-		t.Errorf("requeued message left from %s, want 192.0.2.32 (binding VIP)", got.ClientAddr)
+}
+
+// kickPickup wakes pickup now rather than at its next 60 s poll: postsuper
+// -r leaves requeued mail in maildrop.
+func (e *env) kickPickup(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if out, err := e.net.MTA.Command(ctx, "postkick", "-c", e.pf.Dir, "public", "pickup", "W").CombinedOutput(); err != nil {
+		t.Fatalf("postkick: %v: %s", err, out)
 	}
 }
 

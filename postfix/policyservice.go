@@ -70,11 +70,7 @@ func PolicyService(cfg *config.Config, opts Options, host map[string]string, pre
 	if err != nil {
 		return nil, err
 	}
-	action := "DUNNO"
-	if cfg.OnMilterDown == config.MilterDownTempfail {
-		action = "DEFER_IF_PERMIT"
-	}
-	h := &PolicyHook{Entry: fmt.Sprintf("check_policy_service { %s, default_action=%s }", addr, action), NonSMTPDMilter: true}
+	h := &PolicyHook{Entry: policyEntry(addr, cfg), NonSMTPDMilter: true}
 	for _, name := range []string{"smtpd_recipient_restrictions", "smtpd_data_restrictions"} {
 		rest := withoutEntry(host[name], h.Entry, prevEntry)
 		v := h.Entry
@@ -87,6 +83,15 @@ func PolicyService(cfg *config.Config, opts Options, host map[string]string, pre
 		h.ServiceParams = append(h.ServiceParams, ServiceParam{svc, "smtpd_policy_service_policy_context", daemonNames[svc]})
 	}
 	return h, nil
+}
+
+// policyEntry is the restriction vipmilter adds for its policy service at addr.
+func policyEntry(addr string, cfg *config.Config) string {
+	action := "DUNNO"
+	if cfg.OnMilterDown == config.MilterDownTempfail {
+		action = "DEFER_IF_PERMIT"
+	}
+	return fmt.Sprintf("check_policy_service { %s, default_action=%s }", addr, action)
 }
 
 // policyAddress renders Policy_Listen as smtpd reaches it: a chrooted

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,8 +38,10 @@ const (
 	// (client copies), MIME/nested parts, and smtp_*header_checks on egress.
 	StripChecksFile     = "vipmilter_strip_checks"
 	SenderTransportFile = "vipmilter_sender_transport" // sender_dependent_default_transport_maps (hash)
-	// StampFile records the digest of what was rendered (see Stale) and the
-	// milter entry vipmilter added, so a later run removes exactly that.
+	// StampFile records the digest of what was rendered (see Stale), the
+	// hook, and the milter and policy entries vipmilter added (and which
+	// main.cf MIME/nested checks it set where the host had left them to
+	// default), so a later run removes exactly those.
 	StampFile = "vipmilter_stamp"
 )
 
@@ -94,6 +97,19 @@ type Options struct {
 	ContentFilter string
 	// PrevMilter is the milter list entry an earlier run added (StampFile).
 	PrevMilter string
+	// PrevPolicy is the check_policy_service entry an earlier run added
+	// (StampFile): removed from the restriction lists with the current one.
+	PrevPolicy string
+	// PrevDefaulted are the main.cf parameters (mime_header_checks,
+	// nested_header_checks) an earlier policy-hook run set where the host
+	// had left them to their default, $header_checks (StampFile): another
+	// hook unsets them again.
+	PrevDefaulted []string
+
+	// Hook is the hook policyd.ChooseHook picked for the binding file and
+	// its compiled script (the same choice "vipmilter serve" makes):
+	// config.HookNone, HookPolicy or HookMilter ("" = milter).
+	Hook config.Hook
 	// DaemonNames sets milter_macro_daemon_name on smtpd services, so the
 	// policy's vnd.vipmilter.daemon tells them apart: "submission/inet" ->
 	// "submission". Stock Postfix sends $myhostname for every service.
@@ -181,23 +197,31 @@ func Render(cfg *config.Config, opts Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	digest, err := Digest(cfg, opts.Key)
+	digest, err := Digest(cfg, opts.Key, opts.Hook)
 	if err != nil {
 		return nil, err
 	}
 	stamp := fmt.Sprintf(generatedHeader, source(cfg)) + "digest " + digest + "\n"
+	stamp += "hook " + string(p.hook) + "\n"
 	if m := p.milterEntry; m != "" {
 		stamp += "milter " + m + "\n"
+	}
+	if e := p.policyEntry; e != "" {
+		stamp += "policy " + e + "\n"
+	}
+	if len(p.defaulted) > 0 {
+		stamp += "defaulted " + strings.Join(p.defaulted, " ") + "\n"
 	}
 	p.Tables = append(p.Tables, Table{Path: filepath.Join(p.ConfigDir, StampFile), Content: stamp, Mode: 0o644})
 	return &p.Plan, nil
 }
 
-// Digest is a hex SHA-256 of everything Render derives from cfg and key,
-// independent of the host: two binding files with equal digests render the
-// same Postfix configuration. StampFile records it; Stale compares it.
-func Digest(cfg *config.Config, key string) (string, error) {
-	p, err := render(cfg, Options{ConfigDir: "/", Key: key})
+// Digest is a hex SHA-256 of everything Render derives from cfg, key and
+// hook (Options.Hook), independent of the host: two binding files with
+// equal digests render the same Postfix configuration. StampFile records
+// it; Stale compares it.
+func Digest(cfg *config.Config, key string, hook config.Hook) (string, error) {
+	p, err := render(cfg, Options{ConfigDir: "/", Key: key, Hook: hook})
 	if err != nil {
 		return "", err
 	}
@@ -208,7 +232,10 @@ func Digest(cfg *config.Config, key string) (string, error) {
 
 type rendered struct {
 	Plan
-	milterEntry string
+	hook        config.Hook
+	milterEntry string   // "" when no milter list holds vipmilter's
+	policyEntry string   // "" when no restriction list holds vipmilter's
+	defaulted   []string // see Options.PrevDefaulted
 }
 
 func source(cfg *config.Config) string {
@@ -240,28 +267,57 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		p.Main = append(p.Main, Param{name, v})
 	}
 
+	p.hook = opts.Hook
+	if p.hook == "" {
+		p.hook = config.HookMilter
+	}
+	hook := p.hook
+	p.Filtered = opts.ContentFilter != ""
 	milter, err := milterAddress(cfg.MilterListen, opts)
-	if err != nil {
+	if err != nil && hook != config.HookNone {
 		return nil, err
 	}
 	// Per-milter settings (Postfix ≥ 3.0) keep the host's milter_protocol and
 	// milter_default_action for its own milters. vipmilter goes last: a
 	// signer before it never sees (so never signs) the header that egress
 	// removes, and vipmilter's FILTER is the last one cleanup applies.
-	p.milterEntry = fmt.Sprintf("{ %s, default_action=%s }", milter, cfg.OnMilterDown)
+	entry := fmt.Sprintf("{ %s, default_action=%s }", milter, cfg.OnMilterDown)
 	for _, name := range []string{"smtpd_milters", "non_smtpd_milters"} {
-		v := append(others(opts.Main[name], opts.PrevMilter, milter), p.milterEntry)
+		v := others(opts.Main[name], opts.PrevMilter, milter)
+		// The policy hook decides smtpd mail with the policy service; mail
+		// from sendmail (pickup) never passes smtpd, so the milter stays
+		// its hook. The none hook needs no milter at all.
+		if hook == config.HookMilter || (hook == config.HookPolicy && name == "non_smtpd_milters") {
+			p.milterEntry = entry
+			v = append(v, entry)
+		}
+		if len(v) == 0 {
+			p.Unset = append(p.Unset, name)
+			continue
+		}
 		p.Main = append(p.Main, Param{name, strings.Join(v, ", ")})
 	}
-	p.Filtered = opts.ContentFilter != ""
-	if p.Filtered {
-		// The milter's header must not FILTER at first arrival: that would
-		// replace content_filter and skip the filter.
+	// The milter's header must not FILTER at first arrival behind a content
+	// filter: that would replace content_filter and skip the filter. With
+	// no milter, no header of the milter's exists to route.
+	if p.Filtered || hook == config.HookNone {
 		combine("milter_header_checks")
 	} else {
 		combine("milter_header_checks", routes)
 	}
-	combine("header_checks", strip)
+	if err := p.restrictions(cfg, opts, combine); err != nil {
+		return nil, err
+	}
+	switch {
+	case hook != config.HookPolicy:
+		combine("header_checks", strip)
+	case p.Filtered:
+		// The policy service's PREPENDed header reaches smtpd's cleanup as
+		// an ordinary header: keep it for the re-injection, which routes.
+		combine("header_checks", requeue)
+	default:
+		combine("header_checks", routes)
+	}
 	combine("sender_dependent_default_transport_maps", "hash:"+path(SenderTransportFile))
 
 	var hdr, keep, senders strings.Builder
@@ -426,22 +482,14 @@ func (p *rendered) cleanups(cfg *config.Config, opts Options, routes, requeue, s
 		p.Services = append(p.Services, Service{Name: name, Type: "unix", Line: line})
 	}
 	host := func(name string) []string { return others(opts.Main[name]) }
-	hostMIME := func(name string) []string {
-		if _, set := opts.Main[name]; !set {
-			return host("header_checks") // its default, $header_checks
-		}
-		var v []string
-		for _, e := range host(name) {
-			if e == "$header_checks" || e == "${header_checks}" || e == "$(header_checks)" {
-				v = append(v, host("header_checks")...)
-				continue
-			}
-			v = append(v, e)
-		}
-		return v
-	}
+	hostMIME := func(name string) []string { return hostMIME(opts.Main, name) }
+	// With no hook nothing writes a binding header: requeued mail routes by
+	// the sender map alone and every copy of the header is a client's.
 	pickupChecks := routes
-	if p.Filtered {
+	switch {
+	case p.hook == config.HookNone:
+		pickupChecks = strip
+	case p.Filtered:
 		pickupChecks = requeue
 	}
 	var params []Param
@@ -506,8 +554,12 @@ func (p *rendered) cleanups(cfg *config.Config, opts Options, routes, requeue, s
 		if len(p.ReinjectServices) == 0 {
 			return fmt.Errorf("main.cf sets content_filter = %s but master.cf has no re-injection smtpd (\"-o content_filter= -o receive_override_options=...,no_milters\", as in Postfix's FILTER_README): vipmilter routes filtered mail there; add it and run vipmilter postfix again", opts.ContentFilter)
 		}
+		reinjectChecks := routes
+		if p.hook == config.HookNone {
+			reinjectChecks = strip
+		}
 		service(filtered,
-			Param{"header_checks", routes}, Param{"mime_header_checks", strip}, Param{"nested_header_checks", strip},
+			Param{"header_checks", reinjectChecks}, Param{"mime_header_checks", strip}, Param{"nested_header_checks", strip},
 			Param{"body_checks", ""})
 	}
 	for _, key := range sortedKeys(opts.Services) {
@@ -515,11 +567,89 @@ func (p *rendered) cleanups(cfg *config.Config, opts Options, routes, requeue, s
 		if len(f) < 8 || f[7] != "smtpd" {
 			continue
 		}
-		if v, ok := opts.ServiceParams[key+"/smtpd_milters"]; ok && v != "" && !hasOption(opts.ServiceParams[key+"/receive_override_options"], "no_milters") {
+		reinject := hasOption(opts.ServiceParams[key+"/receive_override_options"], "no_milters")
+		if v, ok := opts.ServiceParams[key+"/smtpd_data_restrictions"]; ok && p.hook == config.HookPolicy && !reinject && !strings.Contains(v, p.policyEntry) {
+			return fmt.Errorf("master.cf %s overrides smtpd_data_restrictions=%s: its mail would never reach vipmilter's policy service and would leave unrouted; remove the override or put %q first in it, and run vipmilter postfix again", key, v, p.policyEntry)
+		}
+		if v, ok := opts.ServiceParams[key+"/smtpd_milters"]; ok && v != "" && p.hook == config.HookMilter && !reinject {
 			return fmt.Errorf("master.cf %s overrides smtpd_milters=%s: its mail would not pass vipmilter and would leave unrouted; remove the override (vipmilter keeps main.cf's other milters) and run vipmilter postfix again", key, v)
 		}
 	}
 	return nil
+}
+
+// restrictions renders the policy hook's entries in the smtpd restriction
+// lists and its MIME/nested header checks (see PolicyHook), or, for the
+// other hooks, removes what an earlier policy-hook run added there.
+func (p *rendered) restrictions(cfg *config.Config, opts Options, combine func(string, ...string)) error {
+	strip := "regexp:" + filepath.Join(p.ConfigDir, StripChecksFile)
+	if p.hook == config.HookPolicy {
+		h, err := PolicyService(cfg, opts, opts.Main, opts.PrevPolicy, opts.DaemonNames)
+		if err != nil {
+			return err
+		}
+		p.policyEntry = h.Entry
+		p.Main = append(p.Main, h.Main...)
+		p.ServiceParams = append(p.ServiceParams, h.ServiceParams...)
+		for _, name := range []string{"mime_header_checks", "nested_header_checks"} {
+			// Set explicitly: their default, $header_checks, now routes.
+			if _, set := opts.Main[name]; !set || slices.Contains(opts.PrevDefaulted, name) {
+				p.defaulted = append(p.defaulted, name)
+			}
+			p.Main = append(p.Main, Param{name, strings.Join(append([]string{strip}, hostMIME(opts.Main, name)...), ", ")})
+		}
+		return nil
+	}
+	current := ""
+	if addr, err := policyAddress(cfg.PolicyListen, opts); err == nil {
+		current = policyEntry(addr, cfg)
+	}
+	for _, name := range []string{"smtpd_recipient_restrictions", "smtpd_data_restrictions"} {
+		v, set := opts.Main[name]
+		if !set || !(containsEntry(v, current) || containsEntry(v, opts.PrevPolicy)) {
+			continue
+		}
+		if rest := withoutEntry(v, current, opts.PrevPolicy); rest != "" {
+			p.Main = append(p.Main, Param{name, rest})
+		} else {
+			p.Unset = append(p.Unset, name)
+		}
+	}
+	for _, name := range []string{"mime_header_checks", "nested_header_checks"} {
+		v, set := opts.Main[name]
+		if !set || len(others(v)) == len(splitList(v)) {
+			continue // the host's own, untouched
+		}
+		rest := others(v)
+		if len(rest) == 0 || (slices.Contains(opts.PrevDefaulted, name) && strings.Join(rest, ",") == strings.Join(others(opts.Main["header_checks"]), ",")) {
+			p.Unset = append(p.Unset, name)
+			continue
+		}
+		combine(name)
+	}
+	return nil
+}
+
+func containsEntry(list, entry string) bool { return entry != "" && strings.Contains(list, entry) }
+
+// hostMIME is the host's mime_header_checks or nested_header_checks as a
+// list of its own tables: unset means its default, $header_checks, and a
+// reference to $header_checks is resolved (in a cleanup's -o override it
+// would expand to that cleanup's own header_checks).
+func hostMIME(main map[string]string, name string) []string {
+	host := func(name string) []string { return others(main[name]) }
+	if _, set := main[name]; !set {
+		return host("header_checks")
+	}
+	var v []string
+	for _, e := range host(name) {
+		if e == "$header_checks" || e == "${header_checks}" || e == "$(header_checks)" {
+			v = append(v, host("header_checks")...)
+			continue
+		}
+		v = append(v, e)
+	}
+	return v
 }
 
 func hasOption(list, opt string) bool {

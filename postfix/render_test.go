@@ -344,3 +344,193 @@ broken line
 		t.Errorf("services = %q", services)
 	}
 }
+
+// TestRenderHooks: what each hook (policyd.ChooseHook's choice) renders,
+// on a host with its own milter, restrictions and header checks.
+func TestRenderHooks(t *testing.T) {
+	host := map[string]string{
+		"smtpd_milters":                "inet:127.0.0.1:8891",
+		"non_smtpd_milters":            "$smtpd_milters",
+		"smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+		"header_checks":                "pcre:/etc/postfix/hc",
+	}
+	filter := Options{ContentFilter: "smtp-amavis:[127.0.0.1]:10024",
+		Services: map[string][]string{"127.0.0.1:10025/inet": strings.Fields("127.0.0.1:10025 inet n - n - - smtpd"), "pickup/unix": strings.Fields("pickup unix n - n 60 1 pickup")},
+		ServiceParams: map[string]string{"127.0.0.1:10025/inet/content_filter": "",
+			"127.0.0.1:10025/inet/receive_override_options": "no_unknown_recipient_checks,no_header_body_checks,no_milters"}}
+	const (
+		routes  = "regexp:/etc/postfix/vipmilter_header_checks"
+		requeue = "regexp:/etc/postfix/vipmilter_requeue_checks"
+		strip   = "regexp:/etc/postfix/vipmilter_strip_checks"
+		milter  = "{ inet:127.0.0.1:8894, default_action=accept }"
+		policy  = "check_policy_service { inet:127.0.0.1:8896, default_action=DUNNO }"
+	)
+	for _, tt := range []struct {
+		name     string
+		hook     config.Hook
+		filtered bool
+		services map[string]string // more master.cf overrides
+		want     []string
+		notWant  []string
+		err      string
+	}{
+		{name: "none: no milter, no policy service, nothing routes by the header", hook: config.HookNone,
+			want: []string{
+				"main smtpd_milters = inet:127.0.0.1:8891\n",
+				"main non_smtpd_milters = $smtpd_milters\n",
+				"main header_checks = " + strip + ", pcre:/etc/postfix/hc\n",
+				"main sender_dependent_default_transport_maps = hash:/etc/postfix/vipmilter_sender_transport\n",
+				"-o header_checks=" + strip + ",pcre:/etc/postfix/hc -o mime_header_checks=" + strip,
+				"unset milter_header_checks",
+			},
+			notWant: []string{"8894", "check_policy_service", "=" + routes, routes + ",", "main smtpd_recipient_restrictions", "main mime_header_checks"}},
+		{name: "none behind a content filter: the re-injection routes nothing either", hook: config.HookNone, filtered: true,
+			want:    []string{"service vip_filtered unix n - - - 0 cleanup -o syslog_name=postfix/vip_filtered -o header_checks=" + strip + " "},
+			notWant: []string{"8894", "=" + routes, "=" + requeue}},
+		{name: "policy: the policy service first, the milter for sendmail only, smtpd's cleanup routes", hook: config.HookPolicy,
+			want: []string{
+				"main smtpd_milters = inet:127.0.0.1:8891\n",
+				"main non_smtpd_milters = $smtpd_milters, " + milter + "\n",
+				"main smtpd_recipient_restrictions = " + policy + ", permit_mynetworks, reject_unauth_destination\n",
+				"main smtpd_data_restrictions = " + policy + "\n",
+				"main header_checks = " + routes + ", pcre:/etc/postfix/hc\n",
+				"main mime_header_checks = " + strip + ", pcre:/etc/postfix/hc\n",
+				"main nested_header_checks = " + strip + ", pcre:/etc/postfix/hc\n",
+				"main milter_header_checks = " + routes + "\n",
+				"-o header_checks=" + routes + ",pcre:/etc/postfix/hc -o mime_header_checks=" + strip + ",pcre:/etc/postfix/hc",
+			},
+			notWant: []string{"main smtpd_milters = inet:127.0.0.1:8891, {"}},
+		{name: "policy behind a content filter: first pass keeps the header, the re-injection routes", hook: config.HookPolicy, filtered: true,
+			want: []string{
+				"main header_checks = " + requeue + ", pcre:/etc/postfix/hc\n",
+				"service vip_filtered unix n - - - 0 cleanup -o syslog_name=postfix/vip_filtered -o header_checks=" + routes + " ",
+				"unset milter_header_checks",
+			},
+			notWant: []string{"main header_checks = " + routes}},
+		{name: "policy: an smtpd overriding smtpd_data_restrictions would skip the service", hook: config.HookPolicy,
+			services: map[string]string{"submission/inet/smtpd_data_restrictions": "reject_unauth_pipelining"},
+			err:      "master.cf submission/inet overrides smtpd_data_restrictions"},
+		{name: "milter: the milter on both lists, no policy service", hook: config.HookMilter,
+			want: []string{
+				"main smtpd_milters = inet:127.0.0.1:8891, " + milter + "\n",
+				"main header_checks = " + strip + ", pcre:/etc/postfix/hc\n",
+				"main milter_header_checks = " + routes + "\n",
+			},
+			notWant: []string{"check_policy_service", "main mime_header_checks"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := Options{ConfigDir: "/etc/postfix", Key: testKey, Hook: tt.hook, Main: host,
+				Services: map[string][]string{"submission/inet": strings.Fields("submission inet n - y - - smtpd")}, ServiceParams: map[string]string{}}
+			if tt.filtered {
+				opts.ContentFilter, opts.Services, opts.ServiceParams = filter.ContentFilter, filter.Services, filter.ServiceParams
+			}
+			for k, v := range tt.services {
+				opts.ServiceParams[k] = v
+			}
+			plan, err := Render(testConfig(binding("a", "192.0.2.11")), opts)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := plan.dump()
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("missing %q in\n%s", w, got)
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(got, w) {
+					t.Errorf("unexpected %q in\n%s", w, got)
+				}
+			}
+			if stamp := tableContent(plan, StampFile); stampField(stamp, "hook") != string(tt.hook) {
+				t.Errorf("stamp does not record hook %s:\n%s", tt.hook, stamp)
+			}
+		})
+	}
+}
+
+// TestRenderHookChanges applies each hook's main.cf in turn to one host
+// (as Apply would, carrying the stamp forward): coming back to a hook
+// gives exactly the main.cf that hook rendered before, with the host's
+// own settings and nothing left of the other hooks.
+func TestRenderHookChanges(t *testing.T) {
+	host := map[string]string{
+		"smtpd_milters":                "inet:127.0.0.1:8891",
+		"smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+		"smtpd_data_restrictions":      "reject_unauth_pipelining",
+		"header_checks":                "pcre:/etc/postfix/hc",
+		"nested_header_checks":         "pcre:/etc/postfix/nested",
+	}
+	main := map[string]string{}
+	for k, v := range host {
+		main[k] = v
+	}
+	var prevMilter, prevPolicy string
+	var prevDefaulted []string
+	seen := map[config.Hook]string{}
+	for i, hook := range []config.Hook{config.HookMilter, config.HookPolicy, config.HookMilter, config.HookNone, config.HookPolicy, config.HookNone, config.HookMilter} {
+		plan, err := Render(testConfig(binding("a", "192.0.2.11")), Options{ConfigDir: "/etc/postfix", Key: testKey, Hook: hook, Main: main,
+			PrevMilter: prevMilter, PrevPolicy: prevPolicy, PrevDefaulted: prevDefaulted})
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := map[string]string{}
+		for k, v := range main {
+			next[k] = v
+		}
+		for _, p := range plan.Main {
+			next[p.Name] = p.Value
+		}
+		for _, u := range plan.Unset {
+			delete(next, u)
+		}
+		main = next
+		stamp := tableContent(plan, StampFile)
+		prevMilter, prevPolicy, prevDefaulted = stampField(stamp, "milter"), stampField(stamp, "policy"), strings.Fields(stampField(stamp, "defaulted"))
+		got := dumpMain(main)
+		if before, ok := seen[hook]; ok && got != before {
+			t.Errorf("step %d, %s again: main.cf differs from the first time\nfirst:\n%s\nnow:\n%s", i, hook, before, got)
+		}
+		seen[hook] = got
+		if hook != config.HookPolicy && (strings.Contains(got, "check_policy_service") || strings.Contains(got, "mime_header_checks")) {
+			t.Errorf("step %d, %s: the policy hook's entries remain:\n%s", i, hook, got)
+		}
+		if hook == config.HookNone && strings.Contains(got, "8894") {
+			t.Errorf("step %d, none: vipmilter's milter remains:\n%s", i, got)
+		}
+		for k, v := range host {
+			if k == "header_checks" || k == "nested_header_checks" {
+				continue // vipmilter's tables go in front of the host's
+			}
+			if !strings.Contains(main[k], v) {
+				t.Errorf("step %d, %s: the host's %s = %s lost: %q", i, hook, k, v, main[k])
+			}
+		}
+		if !strings.HasSuffix(main["header_checks"], "pcre:/etc/postfix/hc") || !strings.HasSuffix(main["nested_header_checks"], "pcre:/etc/postfix/nested") {
+			t.Errorf("step %d, %s: the host's header checks lost:\n%s", i, hook, got)
+		}
+	}
+}
+
+func tableContent(p *Plan, name string) string {
+	for _, t := range p.Tables {
+		if strings.HasSuffix(t.Path, "/"+name) {
+			return t.Content
+		}
+	}
+	return ""
+}
+
+func dumpMain(m map[string]string) string {
+	var b strings.Builder
+	for _, k := range sortedKeys(m) {
+		b.WriteString(k + " = " + m[k] + "\n")
+	}
+	return b.String()
+}

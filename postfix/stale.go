@@ -16,7 +16,10 @@ import (
 // cfg.HeaderKeyFile and configDir's StampFile (world-readable: it holds a
 // digest, never the key). check and serve call it; mail for a binding
 // Postfix does not know is held meanwhile (HeaderChecksFile's last rule).
-func Stale(cfg *config.Config, configDir string) (bool, string, error) {
+//
+// hook is the hook policyd.ChooseHook picks now: a script edit that changes
+// it makes the Postfix side stale too.
+func Stale(cfg *config.Config, hook config.Hook, configDir string) (bool, string, error) {
 	path := filepath.Join(configDir, StampFile)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -29,12 +32,12 @@ func Stale(cfg *config.Config, configDir string) (bool, string, error) {
 	if err != nil {
 		return false, "", err
 	}
-	want, err := Digest(cfg, key)
+	want, err := Digest(cfg, key, hook)
 	if err != nil {
 		return false, "", err
 	}
 	if got := stampField(string(b), "digest"); got != want {
-		return true, fmt.Sprintf("the Postfix side in %s was rendered from another version of %s (or another header key): run \"vipmilter postfix\"; until then mail for bindings Postfix does not know is held (postqueue -p shows it; release with \"postsuper -r ALL hold\" after the run)", configDir, source(cfg)), nil
+		return true, fmt.Sprintf("the Postfix side in %s was rendered from another version of %s (or another header key or hook): run \"vipmilter postfix\"; until then mail for bindings Postfix does not know is held (postqueue -p shows it; release with \"postsuper -r ALL hold\" after the run)", configDir, source(cfg)), nil
 	}
 	return false, "", nil
 }

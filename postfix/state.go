@@ -20,8 +20,10 @@ type State struct {
 	QueueDir      string
 	// ContentFilter is main.cf's effective content_filter ("" = none).
 	ContentFilter string
-	// PrevMilter is the milter entry the last run added (StampFile).
-	PrevMilter string
+	// PrevMilter, PrevPolicy and PrevDefaulted are what the last run added
+	// (StampFile; see Options).
+	PrevMilter, PrevPolicy string
+	PrevDefaulted          []string
 	// LocalDomains are domains this Postfix delivers to itself (explicit
 	// mydestination, virtual and relay domains): FILTER would send their
 	// inbound mail out by SMTP.
@@ -95,6 +97,8 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, StampFile)); err == nil {
 		st.PrevMilter = stampField(string(b), "milter")
+		st.PrevPolicy = stampField(string(b), "policy")
+		st.PrevDefaulted = strings.Fields(stampField(string(b), "defaulted"))
 	}
 	return st, nil
 }
@@ -112,7 +116,8 @@ func stampField(stamp, name string) string {
 // Options derives Render's options from the current configuration.
 func (st *State) Options() Options {
 	o := Options{ConfigDir: st.Dir, QueueDir: st.QueueDir, Main: st.Main, Services: st.Services,
-		ServiceParams: st.ServiceParams, ContentFilter: st.ContentFilter, PrevMilter: st.PrevMilter}
+		ServiceParams: st.ServiceParams, ContentFilter: st.ContentFilter,
+		PrevMilter: st.PrevMilter, PrevPolicy: st.PrevPolicy, PrevDefaulted: st.PrevDefaulted}
 	if f, ok := st.Services["smtp/unix"]; ok {
 		o.SMTPPrivate, o.SMTPUnpriv, o.SMTPChroot = f[2], f[3], f[4]
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/policyd"
 	"github.com/vipmilter/vipmilter/sendmail"
 	"github.com/vipmilter/vipmilter/sieve"
 )
@@ -19,7 +20,9 @@ When both load, it prints the warnings, then a summary: every binding with its
 addresses, EHLO name, limits, suspension, Match_Domain values and group; every
 group with its selection method and members; the number of Match_Domain
 entries; the script and which message parts it reads (headers, body, size),
-which tells you what the milter has to collect.
+which tells you what the milter has to collect; and the hook (none, policy or
+milter) with the reason it was chosen, which is what "vipmilter postfix"
+renders and "vipmilter serve" answers on.
 
 With --routes it also asks the kernel, for every binding address, whether the
 address is on the host and which route mail to --probe would take from it
@@ -73,19 +76,39 @@ func cmdCheck(c *cli, args []string) error {
 			return &exitError{code: 1, err: fmt.Errorf("%s: the site's Sendmail configuration cannot take vipmilter.m4 as it is", *smDir)}
 		}
 	}
-	switch stale, err := postfixSide(cfg, *pfDir); {
+	hook, why, err := policyd.ChooseHook(cfg, pol.Needs())
+	if err != nil {
+		printErrors(c.stderr, err)
+		return &exitError{code: 1, err: errors.New("")}
+	}
+	switch stale, err := postfixSide(cfg, pol, *pfDir); {
 	case err != nil:
 		fmt.Fprintf(c.stdout, "warning: cannot tell whether the Postfix side is current: %v\n", err)
 	case stale != "":
 		fmt.Fprintf(c.stdout, "warning: postfix: %s\n", stale)
 	}
 	summarize(c.stdout, cfg, pol)
+	fmt.Fprintf(c.stdout, "hook: %s (%s)\n", hook, why)
+	if cfg.SendmailSocketmap.IsZero() {
+		fmt.Fprintf(c.stdout, "  \"vipmilter postfix\" renders %s\n", hookRendering(hook))
+	}
 	if *routes {
 		if err := checkRoutes(c, cfg, *probe); err != nil {
 			return &exitError{code: 1, err: err}
 		}
 	}
 	return nil
+}
+
+// hookRendering says in one phrase what "vipmilter postfix" renders for hook.
+func hookRendering(hook config.Hook) string {
+	switch hook {
+	case config.HookNone:
+		return "no milter and no policy service: sender_dependent_default_transport_maps routes Match_Domain"
+	case config.HookPolicy:
+		return "check_policy_service first in smtpd_recipient_restrictions and smtpd_data_restrictions, vipmilter's milter in non_smtpd_milters only (mail from sendmail)"
+	}
+	return "vipmilter's milter in smtpd_milters and non_smtpd_milters"
 }
 
 // loadPolicy loads the binding file and compiles its script.

@@ -38,6 +38,10 @@ func TestCheckCommand(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(badDir, "policy.sieve"), []byte("require \"variables\";\nif true {\n  discard;\n}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	write("envelope.sieve", "require \"envelope\";\nif envelope :domain :is \"from\" \"a.test\" { keep; }\n")
+	envelope := write("envelope.conf", "Sieve_Script = \"envelope.sieve\"\nBinding \"a\" { Bind_Address = 192.0.2.10 }\n")
+	domains := write("domains.conf", "Binding \"a\" {\n  Bind_Address = 192.0.2.10\n  Match_Domain = a.test\n}\n")
+	forced := write("forced.conf", "Hook = policy\n"+string(ex))
 	tests := []struct {
 		name     string
 		conf     string
@@ -46,6 +50,10 @@ func TestCheckCommand(t *testing.T) {
 		wantErr  []string
 	}{
 		{"example", good, 0, []string{": OK\n", "  Example: addresses 192.0.2.10/32 2001:db8::10/128", "  Pool: selection sticky; members Pool1 Pool2\n", "match_domain entries: 1\n", "(reads headers: true, body: false, size: false)"}, nil},
+		{"example: the milter", good, 0, []string{"hook: milter (the Sieve script reads headers: only the milter sees them)\n", "  \"vipmilter postfix\" renders vipmilter's milter in smtpd_milters and non_smtpd_milters\n"}, nil},
+		{"envelope-only: the policy service", envelope, 0, []string{"hook: policy (the Sieve script reads only the envelope", "renders check_policy_service first in smtpd_recipient_restrictions"}, nil},
+		{"Match_Domain only: no hook", domains, 0, []string{"hook: none (no Sieve script", "renders no milter and no policy service"}, nil},
+		{"policy forced on a header test", forced, 1, nil, []string{"Hook = policy, but the Sieve script reads headers"}},
 		{"refused discard", bad, 1, nil, []string{"error: policy.sieve:3:3: discard would lose mail"}},
 		{"missing file", filepath.Join(dir, "none.conf"), 1, nil, []string{"error: "}},
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/policyd"
 	"github.com/vipmilter/vipmilter/postfix"
 )
 
@@ -21,9 +22,13 @@ Render the Postfix side of the binding file and apply it to a Postfix config
 directory: one smtp transport per binding in master.cf, tables that route only
 a binding header carrying the per-install key (Binding_Header_Key, created
 here when missing) and strip every other copy on entry and every copy on
-egress, Match_Domain sender maps, vipmilter's milter added after the host's
-own milters, and cleanups that keep requeued and content-filtered mail on its
-binding. The host's own checks, milters and maps are kept, never replaced.
+egress, Match_Domain sender maps, and cleanups that keep requeued and
+content-filtered mail on its binding. The hook follows the binding file and
+its script, as "vipmilter check" prints it: none (Match_Domain only: no
+milter, no policy service), policy (check_policy_service first in
+smtpd_recipient_restrictions and smtpd_data_restrictions, the milter in
+non_smtpd_milters only) or milter (after the host's own milters); entries of
+an earlier hook are removed. The host's own checks, milters and maps are kept, never replaced.
 Everything is staged and checked ("postfix check" on the staged copy) before
 anything is switched in: on failure nothing changed. Only what differs is
 changed: a second run prints "no changes". A running Postfix is reloaded.
@@ -47,10 +52,16 @@ func cmdPostfix(c *cli, args []string) error {
 	if fs.NArg() > 0 {
 		return &exitError{2, fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, pol, err := loadPolicy(*cfgPath)
 	if err != nil {
 		return &exitError{1, err}
 	}
+	// The same choice "vipmilter serve" makes, from the same compiled policy.
+	hook, why, err := policyd.ChooseHook(cfg, pol.Needs())
+	if err != nil {
+		return &exitError{1, err}
+	}
+	fmt.Fprintf(c.stdout, "hook: %s (%s)\n", hook, why)
 	ctx := context.Background()
 	st, err := postfix.ReadState(ctx, *dir)
 	if err != nil {
@@ -66,6 +77,7 @@ func cmdPostfix(c *cli, args []string) error {
 	opts := st.Options()
 	opts.LocalDelivery = len(st.LocalDomains) > 0
 	opts.DaemonNames = daemonNames
+	opts.Hook = hook
 	// The key's group lets the unprivileged milter read it (systemd/vipmilter.sysusers).
 	gid := -1
 	if g, err := user.LookupGroup("vipmilter"); err == nil {

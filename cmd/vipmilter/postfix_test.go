@@ -36,7 +36,10 @@ Binding "a" {
 		main      string
 		args      []string
 		code      int
+		conf      string // more binding-file lines
+		script    string // Sieve script (Sieve_Script set when not "")
 		stdout    string
+		notStdout string
 		stderr    string
 		unchanged bool
 		noMain    bool
@@ -50,7 +53,17 @@ Binding "a" {
 		{name: "stock mydestination written out", main: "myhostname = mta.example.net\nmydestination = $myhostname, localhost.$mydomain, localhost\n", args: []string{"--dry-run"}, stdout: "+ vip_a unix", unchanged: true},
 		{name: "stray argument", args: []string{"extra"}, code: 2, stderr: "unexpected arguments", unchanged: true},
 		{name: "no main.cf: say what to do", noMain: true, code: 1, stderr: "has no main.cf: this Postfix is not configured yet", unchanged: true},
-		{name: "relative config dir renders absolute paths", relative: true, args: []string{"--dry-run"}, stdout: "milter_header_checks = regexp:/", unchanged: true},
+		{name: "relative config dir renders absolute paths", conf: "Hook = milter\n", relative: true, args: []string{"--dry-run"}, stdout: "milter_header_checks = regexp:/", unchanged: true},
+		{name: "Match_Domain only: no milter, no policy service", args: []string{"--dry-run"}, stdout: "hook: none (no Sieve script",
+			notStdout: "milters =", unchanged: true},
+		{name: "envelope-only script: the policy service, the milter for sendmail only", args: []string{"--dry-run"},
+			script: "require \"envelope\";\nif envelope :domain :is \"from\" \"a.test\" { keep; }\n",
+			stdout: "+ smtpd_data_restrictions = check_policy_service { inet:127.0.0.1:8896, default_action=DUNNO }\n", notStdout: "+ smtpd_milters", unchanged: true},
+		{name: "envelope-only script: non_smtpd_milters", args: []string{"--dry-run"},
+			script: "require \"envelope\";\nif envelope :domain :is \"from\" \"a.test\" { keep; }\n",
+			stdout: "+ non_smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }\n", unchanged: true},
+		{name: "header test: the milter", args: []string{"--dry-run"}, script: "if exists \"List-Id\" { keep; }\n",
+			stdout: "+ smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }\n", notStdout: "check_policy_service", unchanged: true},
 		// main.cf.dist leaves setgid_group empty: postmap and postfix fail.
 		{name: "broken host: nothing changes, Postfix's reason shown", main: "setgid_group =\n", code: 1, stderr: "setgid_group", unchanged: true},
 		{name: "broken host: dry run fails too", main: "setgid_group =\n", args: []string{"--dry-run"}, code: 1, stderr: "setgid_group", unchanged: true},
@@ -64,7 +77,14 @@ Binding "a" {
 			}
 			conf := t.TempDir()
 			file := filepath.Join(conf, "vipmilter.conf")
-			body := strings.Replace(bindings, "KEYFILE", filepath.Join(conf, "key"), 1)
+			body := strings.Replace(bindings, "KEYFILE", filepath.Join(conf, "key"), 1) + tt.conf
+			if tt.script != "" {
+				script := filepath.Join(conf, "policy.sieve")
+				if err := os.WriteFile(script, []byte(tt.script), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				body = fmt.Sprintf("Sieve_Script = %q\n", script) + body
+			}
 			if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -85,6 +105,9 @@ Binding "a" {
 			}
 			if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
 				t.Fatalf("stdout:\n%s\nstderr:\n%s\nwant %q / %q", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
+			}
+			if tt.notStdout != "" && strings.Contains(stdout.String(), tt.notStdout) {
+				t.Fatalf("stdout has %q:\n%s", tt.notStdout, stdout.String())
 			}
 			if after := snapshotDir(t, dir); tt.unchanged && after != before {
 				t.Fatalf("config directory changed:\nbefore:\n%s\nafter:\n%s", before, after)

@@ -52,7 +52,7 @@ func cmdServe(c *cli, args []string) error {
 		return &exitError{code: 2, err: fmt.Errorf("%s: not serving", *path)}
 	}
 	logWarnings(log, cfg)
-	logPostfixSide(log, cfg, *pfDir)
+	logPostfixSide(log, cfg, pol, *pfDir)
 
 	sm, err := startSendmailSide(cfg, log)
 	if err != nil {
@@ -109,8 +109,8 @@ func cmdServe(c *cli, args []string) error {
 			return nil
 		},
 		reload: func() {
-			cfg = reload(log, *path, live, cfg, srv, pd, sm)
-			logPostfixSide(log, cfg, *pfDir)
+			cfg, pol = reload(log, *path, live, cfg, pol, srv, pd, sm)
+			logPostfixSide(log, cfg, pol, *pfDir)
 			sm.reload(cfg)
 		},
 	})
@@ -132,11 +132,11 @@ func servePolicy(log *slog.Logger, path string, live sieve.Liveness) (*config.Co
 
 // reload builds a new config+policy; on any error the old one keeps
 // serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, srv *milter.Server, pd *policyd.Server, sm *sendmailSide) *config.Config {
+func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, oldPol *sieve.Policy, srv *milter.Server, pd *policyd.Server, sm *sendmailSide) (*config.Config, *sieve.Policy) {
 	cfg, pol, err := servePolicy(log, path, live)
 	if err != nil {
 		logErrors(log, "reload failed; keeping the old policy", err)
-		return old
+		return old, oldPol
 	}
 	logWarnings(log, cfg)
 	if cfg.MilterListen != old.MilterListen || cfg.MetricsListen != old.MetricsListen {
@@ -145,14 +145,14 @@ func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Conf
 	st, err := milterSettings(log, cfg, sm)
 	if err != nil {
 		log.Error("reload failed; keeping the old policy", "err", err)
-		return old
+		return old, oldPol
 	}
 	srv.SetPolicy(pol, st)
 	if pd != nil {
 		pd.SetPolicy(pol)
 	}
 	log.Info("policy reloaded", "config", cfg.File)
-	return cfg
+	return cfg, pol
 }
 
 // milterSettings are the milter's settings from the loaded binding file, its
