@@ -73,7 +73,6 @@ bench:
 
 bench-system:
 	$(GO) run ./bench/provision -n 4096 -repeat 5
-	$(GO) run ./bench/postfix -n 2000 -repeat 3
 	$(GO) run ./bench/hooks -n 1000 -rounds 3
 	$(GO) run ./bench/postfix-apply -repeat 3
 

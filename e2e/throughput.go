@@ -15,7 +15,7 @@ import (
 // Throughput sends n messages with smtp-source over the given number of
 // parallel SMTP sessions to the private Postfix and returns messages per
 // second until its queue is empty, i.e. until every message was delivered.
-// The system benchmarks (bench/postfix, bench/milter-socket) share it so
+// The system benchmarks (bench/hooks, bench/milter-socket) share it so
 // their figures are comparable.
 func Throughput(ctx context.Context, netw *Network, pf *testenv.Postfix, n, sessions int) (float64, error) {
 	start := time.Now()
