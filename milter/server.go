@@ -19,7 +19,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +26,7 @@ import (
 	gomilter "github.com/d--j/go-milter"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/socket"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
@@ -148,24 +148,9 @@ func protocol(n sieve.Needs) gomilter.OptProtocol {
 // Listen opens addr. A stale unix socket is removed first and removed
 // again by Shutdown; a new one gets Settings.SocketMode.
 func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
-	if path := addr.Path(); path != "" {
-		if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
-			os.Remove(path)
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("milter listen %s: %w", addr, err)
-		}
-		ln.(*net.UnixListener).SetUnlinkOnClose(true)
-		if err := os.Chmod(path, fs.FileMode(s.gen.Load().st.SocketMode)); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("milter socket %q: %w", path, err)
-		}
-		return ln, nil
-	}
-	ln, err := net.Listen(addr.Network, addr.Address)
+	ln, err := socket.Listen(addr, fs.FileMode(s.gen.Load().st.SocketMode))
 	if err != nil {
-		return nil, fmt.Errorf("milter listen %s: %w", addr, err)
+		return nil, fmt.Errorf("milter %w", err)
 	}
 	return ln, nil
 }

@@ -26,12 +26,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/socket"
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
@@ -116,22 +116,9 @@ func (s *Server) AcceptErrors() uint64 { return s.acceptErrors.Load() }
 // Listen opens addr. A stale unix socket file is replaced; the new one is
 // made SocketMode and removed again when the listener closes.
 func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
-	path := addr.Path()
-	if path != "" {
-		if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
-			os.Remove(path)
-		}
-	}
-	ln, err := net.Listen(addr.Network, addr.Address)
+	ln, err := socket.Listen(addr, SocketMode)
 	if err != nil {
-		return nil, fmt.Errorf("policy service listen %s: %w", addr, err)
-	}
-	if path != "" {
-		ln.(*net.UnixListener).SetUnlinkOnClose(true)
-		if err := os.Chmod(path, SocketMode); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("policy service socket %q: %w", path, err)
-		}
+		return nil, fmt.Errorf("policy service %w", err)
 	}
 	return ln, nil
 }

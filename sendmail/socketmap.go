@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/socket"
 )
 
 // MapName is the name Sendmail sends in front of every socketmap request:
@@ -178,16 +178,10 @@ func NewSocketmapServer(store *Store, log *slog.Logger) *SocketmapServer {
 
 // Listen opens addr (Sendmail_Socketmap); a stale unix socket is replaced.
 func Listen(addr config.Listen) (net.Listener, error) {
-	if p := addr.Path(); p != "" {
-		if c, err := net.Dial("unix", p); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socketmap listen %s: another process is serving it", addr)
-		}
-		_ = removeSocket(p)
-	}
-	ln, err := net.Listen(addr.Network, addr.Address)
+	// Sendmail runs the lookups as root: the socket keeps the umask's mode.
+	ln, err := socket.Listen(addr, 0)
 	if err != nil {
-		return nil, fmt.Errorf("socketmap listen %s: %w", addr, err)
+		return nil, fmt.Errorf("socketmap %w", err)
 	}
 	return ln, nil
 }
@@ -338,14 +332,4 @@ func netstring(s string) string { return strconv.Itoa(len(s)) + ":" + s + "," }
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// removeSocket removes a stale unix socket left by a process that died; it
-// never removes anything but a socket.
-func removeSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return err
-	}
-	return os.Remove(path)
 }
