@@ -20,13 +20,11 @@ package policyd
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,15 +76,7 @@ type Server struct {
 	pol  atomic.Pointer[sieve.Policy]
 	opts Options
 	log  *slog.Logger
-	sem  chan struct{}
-
-	acceptErrors atomic.Uint64
-
-	mu      sync.Mutex
-	closing bool
-	lns     []net.Listener
-	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup
+	conn socket.Server
 }
 
 // New returns a Server deciding with pol.
@@ -97,10 +87,11 @@ func New(pol *sieve.Policy, opts Options) *Server {
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = DefaultMaxConns
 	}
-	s := &Server{opts: opts, log: opts.Log, sem: make(chan struct{}, opts.MaxConns), conns: map[net.Conn]struct{}{}}
+	s := &Server{opts: opts, log: opts.Log}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.conn = socket.Server{Name: "policy service", Handle: s.ServeConn, MaxConns: opts.MaxConns, Log: s.log}
 	s.pol.Store(pol)
 	return s
 }
@@ -111,7 +102,7 @@ func (s *Server) SetPolicy(pol *sieve.Policy) { s.pol.Store(pol) }
 
 // AcceptErrors counts failed accepts (for example EMFILE) the server
 // backed off from.
-func (s *Server) AcceptErrors() uint64 { return s.acceptErrors.Load() }
+func (s *Server) AcceptErrors() uint64 { return s.conn.AcceptErrors() }
 
 // Listen opens addr. A stale unix socket file is replaced; the new one is
 // made SocketMode and removed again when the listener closes.
@@ -124,105 +115,18 @@ func (s *Server) Listen(addr config.Listen) (net.Listener, error) {
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("policy service closed")
+var ErrServerClosed = socket.ErrServerClosed
 
-// Serve accepts connections on ln until Shutdown or a permanent error.
-// Accept errors such as EMFILE are logged, counted and retried with a
-// growing delay (5 ms to 1 s), so running out of descriptors slows the
-// service down instead of ending it.
-func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.lns = append(s.lns, ln)
-	s.mu.Unlock()
-	var delay time.Duration
-	for {
-		s.sem <- struct{}{}
-		c, err := ln.Accept()
-		if err != nil {
-			<-s.sem
-			if s.isClosing() {
-				return ErrServerClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			if n := s.acceptErrors.Add(1); n&(n-1) == 0 {
-				s.log.Warn("policy service accept failed; backing off", "err", err, "count", n, "delay", delay)
-			}
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		if !s.track(c, true) {
-			<-s.sem
-			c.Close()
-			return ErrServerClosed
-		}
-		go func() {
-			defer func() { <-s.sem }()
-			defer s.track(c, false)
-			s.ServeConn(c)
-		}()
-	}
-}
+// Serve accepts connections on ln until Shutdown or a permanent error, at
+// most MaxConns at once. Accept errors such as EMFILE are logged, counted
+// and retried with a growing delay (5 ms to 1 s), so running out of
+// descriptors slows the service down instead of ending it.
+func (s *Server) Serve(ln net.Listener) error { return s.conn.Serve(ln) }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
-func (s *Server) track(c net.Conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.closing {
-			return false
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		return true
-	}
-	delete(s.conns, c)
-	s.wg.Done()
-	return true
-}
-
-// Shutdown closes the listeners, then waits for connections to end; when
-// ctx ends first, it closes them (Postfix retries a request that got no
-// answer, SMTPD_POLICY_README).
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	// An idle connection is between requests: closing its read side ends
-	// it without losing an answer.
-	for c := range s.conns {
-		c.SetReadDeadline(time.Now())
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		return ctx.Err()
-	}
-}
+// Shutdown closes the listeners, then waits for connections to end (an
+// idle one, between requests, ends at once); when ctx ends first, it closes
+// them (Postfix retries a request that got no answer, SMTPD_POLICY_README).
+func (s *Server) Shutdown(ctx context.Context) error { return s.conn.Shutdown(ctx) }
 
 // ServeConn answers requests on c until it closes, misbehaves or idles out,
 // then closes it. The message state (recipients so far) lives only here.
@@ -237,7 +141,7 @@ func (s *Server) ServeConn(c net.Conn) {
 	for {
 		c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
 		if err := readRequest(br, &req); err != nil {
-			if err != io.EOF && !s.isClosing() {
+			if err != io.EOF && !s.conn.Closing() {
 				s.log.Warn("policy request refused; disconnecting", "remote", remote(c), "err", err)
 			}
 			return

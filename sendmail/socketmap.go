@@ -160,12 +160,7 @@ func Family(b *config.Binding) (netip.Addr, bool) {
 type SocketmapServer struct {
 	store *Store
 	log   *slog.Logger
-
-	mu     sync.Mutex
-	lns    []net.Listener
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	conn  socket.Server
 }
 
 // NewSocketmapServer returns a server answering from store.
@@ -173,7 +168,9 @@ func NewSocketmapServer(store *Store, log *slog.Logger) *SocketmapServer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &SocketmapServer{store: store, log: log, conns: make(map[net.Conn]struct{})}
+	s := &SocketmapServer{store: store, log: log}
+	s.conn = socket.Server{Name: "socketmap", Handle: s.serveConn, Log: log}
+	return s
 }
 
 // Listen opens addr (Sendmail_Socketmap); a stale unix socket is replaced.
@@ -186,74 +183,18 @@ func Listen(addr config.Listen) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve accepts connections on ln until Shutdown or ln fails.
-func (s *SocketmapServer) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
-		return net.ErrClosed
-	}
-	s.lns = append(s.lns, ln)
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("socketmap accept: %w", err)
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return nil
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
-	}
-}
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = socket.ErrServerClosed
 
-// Shutdown stops accepting, closes idle connections and waits for the
+// Serve accepts connections on ln until Shutdown (ErrServerClosed) or ln
+// fails for good; accept errors such as EMFILE are backed off from, not
+// fatal.
+func (s *SocketmapServer) Serve(ln net.Listener) error { return s.conn.Serve(ln) }
+
+// Shutdown stops accepting, ends the reads idle connections wait in
+// (Sendmail keeps a map connection open between lookups) and waits for the
 // others until ctx ends.
-func (s *SocketmapServer) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for c := range s.conns {
-		// Sendmail keeps a map connection open between lookups; a
-		// deadline in the past ends the read the connection waits in.
-		c.SetReadDeadline(time.Now())
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *SocketmapServer) Shutdown(ctx context.Context) error { return s.conn.Shutdown(ctx) }
 
 // idleTimeout closes a connection Sendmail left idle; Sendmail reopens the
 // map on its next lookup.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -30,7 +31,7 @@ func startSendmailSide(cfg *config.Config, log *slog.Logger) (*sendmailSide, err
 	s.srv = sendmail.NewSocketmapServer(s.store, log)
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, sendmail.ErrServerClosed) {
 			log.Error("sendmail socketmap stopped", "err", err)
 		}
 	}()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -35,7 +36,7 @@ func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy)
 		return nil, err
 	}
 	go func() {
-		if err := pd.Serve(ln); err != nil && err != policyd.ErrServerClosed {
+		if err := pd.Serve(ln); err != nil && !errors.Is(err, policyd.ErrServerClosed) {
 			log.Error("policy service stopped", "err", err)
 		}
 	}()
