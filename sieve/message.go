@@ -127,10 +127,13 @@ func (m *Message) Parse(raw []byte, withBody bool, maxBody int64) error {
 // goes, the white space after it stays) and trims the white space around it.
 func headerValue(v string) string {
 	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r\n", "", "\n", "", "\r", "").Replace(v)
+		v = unfold.Replace(v)
 	}
 	return strings.TrimSpace(v)
 }
+
+// unfold removes the line breaks of a folded field (RFC 5322 §2.2.3).
+var unfold = strings.NewReplacer("\r\n", "", "\n", "", "\r", "")
 
 // encodedWord matches one RFC 2047 encoded word (charset is a token: no
 // especials).
