@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"unicode"
 )
 
 // Listen is a socket address written in Postfix's milter notation
@@ -50,11 +49,14 @@ func (l Listen) Path() string {
 // split the list, "{" and "}" group per-milter settings, "$" expands a
 // parameter, and quotes and backslashes are read differently by different
 // Postfix versions; control characters would end or split the line.
+// Only printable ASCII is taken at all: main.cf, sendmail.cf and the
+// kernel's socket address are byte strings, and a path that is not plain
+// ASCII (or not UTF-8) would be read back differently by each of them.
 const socketPathUnsafe = " ,${}\"'\\"
 
 func safeSocketPath(p string) bool {
 	return !strings.ContainsFunc(p, func(r rune) bool {
-		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune(socketPathUnsafe, r)
+		return r <= ' ' || r >= 0x7f || strings.ContainsRune(socketPathUnsafe, r)
 	})
 }
 
@@ -69,7 +71,7 @@ func ParseListen(s string) (Listen, error) {
 	switch kind {
 	case "unix", "local":
 		if !filepath.IsAbs(rest) || !safeSocketPath(rest) {
-			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path without spaces or any of , $ { } \" ' \\ (Postfix splits milter lists on spaces and commas and expands $)", s)
+			return Listen{}, fmt.Errorf("%q: a unix socket needs an absolute path without spaces, control or non-ASCII characters, or any of , $ { } \" ' \\ (Postfix splits milter lists on spaces and commas and expands $)", s)
 		}
 		return Listen{Network: "unix", Address: filepath.Clean(rest)}, nil
 	case "inet", "inet6":

@@ -22,6 +22,8 @@ func TestParseListen(t *testing.T) {
 		{"unix:/run/a b", "error: without spaces"},
 		{"unix:/run/a\u00a0b", "error: without spaces"},
 		{"unix:/run/a\\b", "error: without spaces"},
+		{"unix:/\u00f7", "error: non-ASCII"},
+		{"unix:/run/\xff", "error: non-ASCII"},
 		{"inet6:[fe80::1%eth0]:8894", "error: zone"},
 		{"inet:127.0.0.1:0", "error: port"},
 		{"inet:$host:1", "error: host must be"},
