@@ -136,6 +136,16 @@ func (l *listeners) set(cfg *config.Config, pol *sieve.Policy, want hookSet, com
 			l.log.Warn("Policy_Listen changed; restart vipmilter to apply", "listening", l.pdAddr.String(), "Policy_Listen", cfg.PolicyListen.String())
 		}
 	}
+	if commit != nil {
+		commit()
+	}
+	if newPD != nil {
+		l.pd = newPD
+	}
+	if newMilter != nil {
+		l.milter = l.serveMilter(newMilter)
+		l.log.Info("milter listening", "addr", newMilter.Addr().String(), "config", cfg.File, "version", currentVersion())
+	}
 	noMilter := !l.started && !want.Milter
 	l.started = true
 	if !want.Milter && l.milter != nil {
@@ -151,16 +161,6 @@ func (l *listeners) set(cfg *config.Config, pol *sieve.Policy, want hookSet, com
 		cancel()
 		l.log.Info("policy service stopped", "Policy_Listen", l.pdAddr.String())
 		l.pd = nil
-	}
-	if commit != nil {
-		commit()
-	}
-	if newMilter != nil {
-		l.milter = l.serveMilter(newMilter)
-		l.log.Info("milter listening", "addr", newMilter.Addr().String(), "config", cfg.File, "version", currentVersion())
-	}
-	if newPD != nil {
-		l.pd = newPD
 	}
 	if noMilter {
 		l.log.Info("no milter listener: the hook needs none", "config", cfg.File, "version", currentVersion())
