@@ -319,19 +319,6 @@ Binding "Gone" {
 	}
 }
 
-// e2eBinary is $VIPE2E_BIN, or vipmilter built into dir.
-func e2eBinary(t *testing.T, ctx context.Context, dir string) string {
-	t.Helper()
-	if bin := os.Getenv("VIPE2E_BIN"); bin != "" {
-		return bin
-	}
-	bin, err := BuildVipmilter(ctx, repoRoot(t), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
 // applyPostfix runs "vipmilter postfix" on the test's Postfix (it reloads
 // it) and returns its output.
 func applyPostfix(t *testing.T, ctx context.Context, e *env, bin, conf string) string {
