@@ -118,6 +118,7 @@ func policyAnswer(t *testing.T, sock, from string) string {
 func TestServeHookChange(t *testing.T) {
 	needLoad(t)
 	broken := hookFiles{name: "broken binding file", conf: hookPolicy.conf + "Binding \"Gamma\" { Bind_Address = 192.0.2.300 }\n", script: hookPolicy.script}
+	unclosed := hookFiles{name: "binding file syntax error", conf: hookMilter.conf + "Binding \"Gamma\" {\n  Bind_Address = 192.0.2.30\n", script: hookPolicy.script}
 	brokenScript := hookFiles{name: "broken script", conf: hookMilter.conf, script: "require [\"variables\"];\nif true {\n"}
 	var (
 		none   = served{}
@@ -139,7 +140,9 @@ func TestServeHookChange(t *testing.T) {
 		{name: "policy to none", from: hookPolicy, to: hookNone, before: policy, after: none, log: "listeners changed"},
 		{name: "broken binding file refused", from: hookPolicy, to: broken, before: policy, after: policy,
 			log: "vipmilter.conf:9:", noLog: "policy reloaded"},
-		{name: "broken script refused", from: hookNone, to: brokenScript, before: none, after: none,
+		{name: "binding file syntax error refused", from: hookMilter, to: unclosed, before: milter, after: milter,
+			log: "vipmilter.conf:9:", noLog: "policy reloaded"},
+		{name: "broken script refused", from: hookMilter, to: brokenScript, before: milter, after: milter,
 			log: "policy.sieve:2:", noLog: "policy reloaded"},
 		{name: "missing header key refused", from: hookMilter, to: hookPolicy, before: milter, after: milter,
 			prepare: func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, "binding-header.key")) },
