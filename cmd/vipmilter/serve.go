@@ -74,14 +74,9 @@ func cmdServe(c *cli, args []string) error {
 	if err := ls.adoptSystemd(cfg); err != nil {
 		return err
 	}
-	if err := ls.set(cfg, pol, hookNeeds(cfg, hook), nil); err != nil {
-		ls.stopAll(context.Background())
-		return err
-	}
 	if cfg.MetricsListen != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
-			ls.stopAll(context.Background())
 			return fmt.Errorf("metrics listen %q: %w", cfg.MetricsListen, err)
 		}
 		mux := http.NewServeMux()
@@ -95,6 +90,13 @@ func cmdServe(c *cli, args []string) error {
 		cfg: cfg, pol: pol, keyed: st.HeaderKey != ""}
 	return runDaemon(log, service{
 		name: "milter",
+		start: func() error {
+			if err := ls.set(cfg, pol, hookNeeds(cfg, hook), nil); err != nil {
+				ls.stopAll(context.Background())
+				return err
+			}
+			return nil
+		},
 		run: func(ctx context.Context, ready func()) error {
 			ready()
 			var err error
