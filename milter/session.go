@@ -28,9 +28,9 @@ type session struct {
 	// message
 	msg         sieve.Message
 	size        int
-	headerBytes int  // header bytes kept for the policy
-	capped      bool // a header field was dropped for MaxHeaderBytes
-	failed      bool // a callback panicked: the message is tempfailed
+	headerBytes int64 // header bytes kept for the policy
+	capped      bool  // a header field was dropped for MaxHeaderBytes
+	failed      bool  // a callback panicked: the message is tempfailed
 	started     time.Time
 }
 
@@ -93,11 +93,11 @@ func (s *session) Header(name, value string, _ gomilter.Modifier) (resp *gomilte
 	if !s.g.needs.Headers || (s.headers != nil && !s.headers.ReadsHeader(name)) {
 		return gomilter.RespContinue, nil
 	}
-	if s.headerBytes+n > s.g.st.MaxHeaderBytes {
+	if s.headerBytes+int64(n) > s.g.st.MaxHeaderBytes {
 		s.capped = true
 		return gomilter.RespContinue, nil
 	}
-	s.headerBytes += n
+	s.headerBytes += int64(n)
 	s.msg.AddHeader(name, value)
 	return gomilter.RespContinue, nil
 }
