@@ -364,7 +364,8 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "variable value checked at run time", script: req + `set "x" "Nope"; set "binding" "${x}";`},
 		{name: "addflag allowed", script: `require "imap4flags"; addflag "x";`},
 		{name: "headers", script: req + `if address :domain "From" "x" { keep; }`, want: Needs{Headers: true}},
-		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true}},
+		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true, Headers: true}}, // :text picks parts by Content-Type
+		{name: "raw body", script: req + `if body :raw :contains "x" { keep; }`, want: Needs{Body: true}},
 		{name: "size", script: req + `if size :over 10 { keep; }`, want: Needs{Size: true}},
 		{name: "envelope only", script: req + `if envelope "from" "x" { keep; }`, want: Needs{}},
 		{name: "envelope to", script: req + `if anyof(false, envelope "to" "x") { keep; }`, readsTo: true},
@@ -440,5 +441,51 @@ func TestLogsThroughOptionsLog(t *testing.T) {
 	var line struct{ Msg, Group string }
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line.Msg != "group members skipped" || line.Group != "G" {
 		t.Errorf("log %q (%v), want one JSON line about group G", buf.String(), err)
+	}
+}
+
+// TestReadsHeader: the policy names the header fields its script can read,
+// so the milter can drop the others; a name it cannot know before the run
+// means every field.
+func TestReadsHeader(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+		reads  []string // answered true, in any letter case
+		skips  []string // answered false
+	}{
+		{"no script", "", nil, []string{"Subject", "From", "Content-Type"}},
+		{"envelope only", req + `if envelope :domain "from" "x.example" { set "binding" "B"; }`, nil, []string{"From", "To", "Subject"}},
+		{"header", req + `if header :contains "Subject" "x" { set "binding" "B"; }`, []string{"Subject", "subject", "SUBJECT"}, []string{"From", "Received", "X-Subject", "Content-Type"}},
+		{"header list", req + `if header :is ["X-Tag", "List-Id"] "x" { keep; }`, []string{"x-tag", "List-ID"}, []string{"Subject"}},
+		{"comparator value is no field", req + `if header :comparator "i;octet" :is "X-Tag" "x" { keep; }`, []string{"X-Tag"}, []string{"i;octet", "x"}},
+		{"relational value is no field", req + `if header :count "ge" :comparator "i;ascii-numeric" "Received" "3" { keep; }`, []string{"Received"}, []string{"ge", "3"}},
+		{"keys are no fields", req + `if header :is "X-Tag" "Subject" { keep; }`, []string{"X-Tag"}, []string{"Subject"}},
+		{"address", req + `if address :domain :is ["From", "Sender"] "x.example" { keep; }`, []string{"From", "Sender"}, []string{"To"}},
+		{"exists", req + `if exists "List-Unsubscribe" { keep; }`, []string{"List-Unsubscribe"}, []string{"Subject"}},
+		{"nested in anyof and not", req + `if anyof(not header :is "A" "1", exists "B") { keep; }`, []string{"A", "B"}, []string{"C"}},
+		{"body by type reads Content-Type", req + `if body :content "text" :contains "x" { keep; }`, []string{"Content-Type"}, []string{"Subject"}},
+		{"raw body reads no field", req + `if body :raw :contains "x" { keep; }`, nil, []string{"Content-Type"}},
+		{"variable name reads all", req + `set "h" "Subject"; if header :is "${h}" "x" { keep; }`, []string{"Subject", "Anything"}, nil},
+		{"encoded character reads all", `require ["encoded-character"]; if exists "${hex:41}" { keep; }`, []string{"A", "Anything"}, nil},
+		{"variable key reads only the name", req + `set "k" "x"; if header :is "X-Tag" "${k}" { keep; }`, []string{"X-Tag"}, []string{"Subject"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := New(testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range tt.reads {
+				if !p.ReadsHeader(h) {
+					t.Errorf("ReadsHeader(%q) = false, want true", h)
+				}
+			}
+			for _, h := range tt.skips {
+				if p.ReadsHeader(h) {
+					t.Errorf("ReadsHeader(%q) = true, want false", h)
+				}
+			}
+		})
 	}
 }
