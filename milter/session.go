@@ -3,6 +3,7 @@ package milter
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -147,7 +148,7 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, er
 		met.split.Inc()
 	}
 	attrs := []any{"queue_id", s.msg.QueueID, "from", s.msg.From, "rcpts", len(s.msg.To),
-		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", d.Split,
+		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", splitText(d),
 		"trace", traceText(d.Trace), "elapsed", time.Since(s.started)}
 	if s.capped {
 		attrs = append(attrs, "headers_capped", st.MaxHeaderBytes)
@@ -200,6 +201,15 @@ func (s *session) decide() (d sieve.Decision) {
 func (s *session) Abort(gomilter.Modifier) error {
 	s.reset()
 	return nil
+}
+
+// splitText is the log's split value: "true", "false", or "unknown" when
+// split detection stopped early (sieve.Decision.SplitUnknown).
+func splitText(d sieve.Decision) string {
+	if d.SplitUnknown {
+		return "unknown"
+	}
+	return strconv.FormatBool(d.Split)
 }
 
 func oneLine(s string) string {

@@ -7,7 +7,8 @@
 //
 // Files: compile.go loads and checks a script, decide.go turns a script
 // run into a Decision, group.go holds the group selection algorithms,
-// message.go the view of a message the script reads.
+// message.go the view of a message the script reads; literal.go and
+// bodyonce.go build the cheaper copies of a script that actually run.
 package sieve
 
 import (
@@ -56,6 +57,13 @@ type Policy struct {
 	script  *interp.Script // nil without a script
 	needs   Needs
 	readsTo bool // the script may read envelope "to"; recipients are re-run
+	// bodyEveryRun: a body test is evaluated on every run of the script
+	// (its keys hold a variable), so split detection's re-runs read the
+	// body again (MaxSplitBodyBytes).
+	bodyEveryRun bool
+	// bodyTests evaluate the script's constant body tests once per
+	// message (bodyonce.go); item N of bodyItem is bodyTests[N].
+	bodyTests []*interp.Script
 	// headers holds the lower-cased field names the script can read;
 	// allHeaders is set when a name is not known before the run.
 	headers    map[string]bool
@@ -104,6 +112,15 @@ func New(cfg *config.Config, opts Options) (*Policy, error) {
 	}
 	p.script = script
 	p.scan(cmds)
+	if run, tests, everyRun := bodyOnce(cmds, loadOptions()); tests != nil {
+		if s, err := interp.LoadScript(run, loadOptions()); err == nil {
+			p.script, p.bodyTests, p.bodyEveryRun, cmds = s, tests, everyRun, run
+		} else {
+			p.bodyEveryRun = true
+		}
+	} else {
+		p.bodyEveryRun = everyRun
+	}
 	if fast := literalBindingScript(src, cmds, loadOptions()); fast != nil {
 		p.script, p.flagBinding = fast, true
 	}
