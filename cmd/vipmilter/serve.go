@@ -170,6 +170,9 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 			MaxBodyBytes:  cfg.MaxBodyBytes,
 			OnPolicyError: cfg.OnPolicyError,
 			Decided:       sm.decided(),
+
+			MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
+			CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
 		}, nil
 	}
 	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
@@ -186,6 +189,9 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 		MaxBodyBytes:  cfg.MaxBodyBytes,
 		OnPolicyError: cfg.OnPolicyError,
 		Decided:       sm.decided(),
+
+		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
+		CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
 	}, nil
 }
 
