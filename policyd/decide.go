@@ -150,6 +150,8 @@ func (s *Server) logDecision(msg *sieve.Message, d sieve.Decision) {
 	}
 	if d.Split {
 		attrs = append(attrs, "split", true)
+	} else if d.SplitUnknown {
+		attrs = append(attrs, "split", "unknown")
 	}
 	if len(d.Trace) > 0 {
 		steps := make([]string, len(d.Trace))

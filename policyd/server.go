@@ -44,10 +44,7 @@ const (
 	// normally closes first; a client that is not Postfix cannot hold a
 	// connection forever.
 	DefaultIdleTimeout = 10 * time.Minute
-	// DefaultMaxConns caps concurrent policy connections (one per smtpd
-	// process that asked); further ones wait in the listen backlog.
-	DefaultMaxConns = 1024
-	writeTimeout    = 10 * time.Second
+	writeTimeout       = 10 * time.Second
 )
 
 // SocketMode is the mode of a unix policy socket: smtpd (user postfix)
@@ -66,8 +63,11 @@ type Options struct {
 	// serve passes the host name.
 	Daemon      string
 	IdleTimeout time.Duration // 0: DefaultIdleTimeout
-	MaxConns    int           // 0: DefaultMaxConns
-	Log         *slog.Logger  // nil: slog.Default()
+	// MaxConns caps concurrent policy connections, one per smtpd process
+	// that asked (Max_Connections); further ones wait in the listen
+	// backlog. 0: config.DefaultMaxConnections.
+	MaxConns int
+	Log      *slog.Logger // nil: slog.Default()
 }
 
 // Server answers Postfix policy requests. It is safe for concurrent use;
@@ -83,9 +83,6 @@ type Server struct {
 func New(pol *sieve.Policy, opts Options) *Server {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
-	}
-	if opts.MaxConns <= 0 {
-		opts.MaxConns = DefaultMaxConns
 	}
 	s := &Server{opts: opts, log: opts.Log}
 	if s.log == nil {

@@ -229,6 +229,9 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 			MaxBodyBytes:  cfg.MaxBodyBytes,
 			OnPolicyError: cfg.OnPolicyError,
 			Decided:       sm.decided(),
+
+			MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
+			CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
 		}, nil
 	}
 	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
@@ -245,6 +248,9 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 		MaxBodyBytes:  cfg.MaxBodyBytes,
 		OnPolicyError: cfg.OnPolicyError,
 		Decided:       sm.decided(),
+
+		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
+		CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
 	}, nil
 }
 

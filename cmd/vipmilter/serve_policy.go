@@ -21,7 +21,7 @@ func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy,
 		return nil, fmt.Errorf("policy service: %w (run vipmilter postfix, which creates it)", err)
 	}
 	host, _ := os.Hostname()
-	pd := policyd.New(pol, policyd.Options{BindingHeader: cfg.BindingHeader, HeaderKey: key, Daemon: host, Log: log})
+	pd := policyd.New(pol, policyd.Options{BindingHeader: cfg.BindingHeader, HeaderKey: key, Daemon: host, MaxConns: cfg.MaxConnections, Log: log})
 	ln, err := pd.Listen(cfg.PolicyListen)
 	if err != nil {
 		return nil, err
