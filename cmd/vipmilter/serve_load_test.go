@@ -9,8 +9,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	gomilter "github.com/d--j/go-milter"
+
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // idleSessions and idleGrowthLimit: issue 11 measured 1,000 open sessions at
@@ -21,11 +24,15 @@ const (
 	idleGrowthLimit = 64 << 20
 )
 
+// idleTimeout is the test's Milter_Idle_Timeout: long enough to open every
+// session well before it passes.
+const idleTimeout = 5 * time.Second
+
 // TestServeIdleSessionsMemory (issue 11, "1,000 open sessions at 25 MiB
 // RSS"): 1,000 milter sessions negotiated with a "vipmilter serve" process
-// and left idle must grow its resident memory by less than 64 MiB, and
-// serve must keep deciding meanwhile. That idle sessions are closed after
-// CommandTimeout is TestIdleSessionsClosed in package milter.
+// and left idle must grow its resident memory by less than 64 MiB, serve
+// must keep deciding meanwhile, and once Milter_Idle_Timeout has passed it
+// must have closed them all.
 func TestServeIdleSessionsMemory(t *testing.T) {
 	needLoad(t)
 	var lim syscall.Rlimit
@@ -38,7 +45,7 @@ func TestServeIdleSessionsMemory(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "milter.sock")
 	conf := filepath.Join(dir, "vipmilter.conf")
-	writeFile(t, conf, strings.ReplaceAll(serveConf, "%SOCK%", sock))
+	writeFile(t, conf, strings.ReplaceAll(serveConf, "%SOCK%", sock)+fmt.Sprintf("Milter_Idle_Timeout = %ds\n", int(idleTimeout.Seconds())))
 	writeFile(t, filepath.Join(dir, "policy.sieve"), "require [\"envelope\", \"variables\"];\nif envelope :domain :is \"from\" \"beta.test\" { set \"binding\" \"Beta\"; }\n")
 	p := startServe(t, conf, "--postfix-dir", dir)
 	p.waitLog("milter listening", 1)
@@ -48,6 +55,8 @@ func TestServeIdleSessionsMemory(t *testing.T) {
 		t.Fatalf("binding %q, want Beta", got)
 	}
 	before := rss(t, p.cmd.Process.Pid)
+	idle := openSockets(t, p.cmd.Process.Pid)
+	begin := time.Now()
 
 	sessions := make([]*gomilter.ClientSession, 0, idleSessions)
 	defer func() {
@@ -62,6 +71,9 @@ func TestServeIdleSessionsMemory(t *testing.T) {
 		}
 		sessions = append(sessions, s)
 	}
+	if el := time.Since(begin); el >= idleTimeout {
+		t.Fatalf("opening %d sessions took %v, not less than Milter_Idle_Timeout %v: the machine is too slow for this test", idleSessions, el, idleTimeout)
+	}
 	// Every session is open on serve's side: one more still decides.
 	if got := decided(t, c, "b@beta.test"); got != "Beta" {
 		t.Fatalf("with %d idle sessions: binding %q, want Beta", idleSessions, got)
@@ -75,6 +87,18 @@ func TestServeIdleSessionsMemory(t *testing.T) {
 	}
 	if n := openSockets(t, p.cmd.Process.Pid); n < idleSessions {
 		t.Errorf("serve holds %d sockets, want >= %d: the sessions were not all open", n, idleSessions)
+	}
+	// Past Milter_Idle_Timeout serve has closed every idle session.
+	testenv.Eventually(t, "idle sessions closed after Milter_Idle_Timeout", func() bool {
+		return openSockets(t, p.cmd.Process.Pid) <= idle
+	}, func() string {
+		return fmt.Sprintf("serve holds %d sockets %v after opening the sessions, %d before", openSockets(t, p.cmd.Process.Pid), time.Since(begin), idle)
+	})
+	if el := time.Since(begin); el < idleTimeout {
+		t.Fatalf("idle sessions closed after %v, before Milter_Idle_Timeout %v", el, idleTimeout)
+	}
+	if got := decided(t, c, "b@beta.test"); got != "Beta" {
+		t.Fatalf("after the idle sessions closed: binding %q, want Beta", got)
 	}
 	p.signal(syscall.SIGKILL)
 }
