@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sendmail"
 )
 
 // The managed block of a hosts file (provision --hosts-file). Sendmail
@@ -41,16 +42,15 @@ func (e HostsEntry) line() string {
 }
 
 // HostsEntries lists, in binding file order, one entry per binding address
-// whose EHLO_Hostname is a host name: not __hostname__ or __message__ (no
-// fixed name), not an address literal, and not a name that reads as an
-// address.
+// whose EHLO_Hostname is a host name Sendmail would greet with if the
+// address resolved to it (sendmail.ResolvedEHLO): not __hostname__ or
+// __message__ (no fixed name), not an address literal, not a name without
+// a dot or one that reads as an address (Sendmail ignores those and
+// greets with its own name).
 func HostsEntries(cfg *config.Config) []HostsEntry {
 	var es []HostsEntry
 	for _, b := range cfg.Bindings {
-		if !config.ValidHostname(b.EHLOHostname) {
-			continue
-		}
-		if _, err := netip.ParseAddr(b.EHLOHostname); err == nil {
+		if !sendmail.ResolvedEHLO(b.EHLOHostname) {
 			continue
 		}
 		for _, p := range b.Addresses {

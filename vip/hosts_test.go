@@ -158,6 +158,7 @@ Binding "Msg" { Bind_Address = 192.0.2.12  EHLO_Hostname = __message__  Match_Do
 Binding "Lit" { Bind_Address = 192.0.2.13  EHLO_Hostname = "[192.0.2.13]" }
 Binding "Num" { Bind_Address = 192.0.2.14  EHLO_Hostname = 192.0.2.14 }
 Binding "Idn" { Bind_Address = 192.0.2.15  EHLO_Hostname = mta.Müller.example }
+Binding "Short" { Bind_Address = 192.0.2.16  EHLO_Hostname = mailout }
 Binding "default" { EHLO_Hostname = x.example }
 `), 0o644)
 	cfg, err := config.Load(conf)
