@@ -369,6 +369,10 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 	lineB := "192.0.2.20 out-b.example.com # binding B"
 	bindSrc := filepath.Join(e.dir, "hosts.container")
 	bindMount := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "sh", bindSrc, hosts}
+	// What systemd's ProtectSystem=strict with ReadWritePaths=/etc/hosts
+	// gives the service: the directory read-only, the file a writable
+	// bind mount of itself.
+	readOnlyDir := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && mount --bind "$2" "$2" && mount -o remount,bind,rw "$2" && shift 2 && exec "$@"`, "sh", e.dir, hosts}
 	steps := []struct {
 		name   string
 		conf   string
@@ -397,8 +401,11 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 		{name: "bind-mounted file rewritten in place", conf: a + b, edit: func() { os.WriteFile(hosts, []byte(base+block(lineA)), 0o640); copyFile(t, hosts, bindSrc, 0o640) }, wrap: bindMount,
 			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot rename a file over it: device or resource busy)"},
 			file: base + block(lineA, lineB), onFile: bindSrc},
+		{name: "read-only directory, writable file (systemd ReadWritePaths=)", conf: a + b, wrap: readOnlyDir,
+			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot create a file in " + e.dir + ": read-only file system)"},
+			file: base + block(lineA, lineB), inode: "same"},
 		{name: "no binding needs a line: block removed", conf: `Binding "C" { Bind_Address = 192.0.2.30 }
-`, want: []string{": 2 removed, 0 errors; replaced"}, file: base, inode: "new"},
+`, want: []string{": 3 removed, 0 errors; replaced"}, file: base, inode: "new"},
 	}
 	for _, s := range steps {
 		if s.conf != "" {
