@@ -5,10 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 func entry(binding, addr, name string) HostsEntry {
@@ -194,25 +194,25 @@ func TestUpdateHosts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	before := statOf(t, path)
+	before := testenv.Stat(t, path)
 	es := []HostsEntry{entry("A", "192.0.2.10", "out-a.example.com")}
 
 	rep, err := UpdateHosts(path, es, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Write != HostsWouldWrite || rep.Results[0].Status != WouldAdd || readFile(t, path) != hostBase {
-		t.Errorf("dry run: %s %v; file:\n%s", rep.Write, rep.Results, readFile(t, path))
+	if rep.Write != HostsWouldWrite || rep.Results[0].Status != WouldAdd || testenv.ReadFile(t, path) != hostBase {
+		t.Errorf("dry run: %s %v; file:\n%s", rep.Write, rep.Results, testenv.ReadFile(t, path))
 	}
 
 	rep, err = UpdateHosts(path, es, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Write != HostsReplaced || readFile(t, path) != hostBase+block("\n", es[0].line()) {
-		t.Errorf("first run: %s; file:\n%s", rep.Summary(), readFile(t, path))
+	if rep.Write != HostsReplaced || testenv.ReadFile(t, path) != hostBase+block("\n", es[0].line()) {
+		t.Errorf("first run: %s; file:\n%s", rep.Summary(), testenv.ReadFile(t, path))
 	}
-	after := statOf(t, path)
+	after := testenv.Stat(t, path)
 	if after.Ino == before.Ino {
 		t.Error("not replaced: same inode")
 	}
@@ -227,8 +227,8 @@ func TestUpdateHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Write != HostsUnchanged || statOf(t, path).Ino != after.Ino {
-		t.Errorf("second run: %s (inode %d, was %d)", rep.Summary(), statOf(t, path).Ino, after.Ino)
+	if rep.Write != HostsUnchanged || testenv.Stat(t, path).Ino != after.Ino {
+		t.Errorf("second run: %s (inode %d, was %d)", rep.Summary(), testenv.Stat(t, path).Ino, after.Ino)
 	}
 	leftovers, _ := filepath.Glob(filepath.Join(dir, ".hosts.vipmilter-*"))
 	if len(leftovers) > 0 {
@@ -243,8 +243,8 @@ func TestUpdateHosts(t *testing.T) {
 	if rep, err = UpdateHosts(link, nil, false); err != nil {
 		t.Fatal(err)
 	}
-	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 || readFile(t, path) != hostBase || rep.Path != path {
-		t.Errorf("through a link: %s; link %v %v; file:\n%s", rep.Summary(), fi, err, readFile(t, path))
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 || testenv.ReadFile(t, path) != hostBase || rep.Path != path {
+		t.Errorf("through a link: %s; link %v %v; file:\n%s", rep.Summary(), fi, err, testenv.ReadFile(t, path))
 	}
 
 	// A second hard link: rewritten in place, both names see it.
@@ -252,12 +252,12 @@ func TestUpdateHosts(t *testing.T) {
 	if err := os.Link(path, other); err != nil {
 		t.Fatal(err)
 	}
-	ino := statOf(t, path).Ino
+	ino := testenv.Stat(t, path).Ino
 	if rep, err = UpdateHosts(path, es, false); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(rep.Write, "rewritten in place, not atomically (it has 2 hard links") || statOf(t, path).Ino != ino || readFile(t, other) != hostBase+block("\n", es[0].line()) {
-		t.Errorf("hard link: %s; other:\n%s", rep.Summary(), readFile(t, other))
+	if !strings.HasPrefix(rep.Write, "rewritten in place, not atomically (it has 2 hard links") || testenv.Stat(t, path).Ino != ino || testenv.ReadFile(t, other) != hostBase+block("\n", es[0].line()) {
+		t.Errorf("hard link: %s; other:\n%s", rep.Summary(), testenv.ReadFile(t, other))
 	}
 
 	// Unpaired markers: an error naming file and line, the file untouched.
@@ -266,28 +266,10 @@ func TestUpdateHosts(t *testing.T) {
 	if _, err := UpdateHosts(path, es, false); err == nil || !strings.Contains(err.Error(), path+":5: ") {
 		t.Errorf("unpaired marker: err = %v", err)
 	}
-	if readFile(t, path) != bad {
+	if testenv.ReadFile(t, path) != bad {
 		t.Error("a file with an unpaired marker was written")
 	}
 	if _, err := UpdateHosts(filepath.Join(dir, "missing"), es, false); err == nil {
 		t.Error("a missing file: no error")
 	}
-}
-
-func statOf(t *testing.T, path string) *syscall.Stat_t {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t)
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }

@@ -65,13 +65,18 @@ var errHostsChanged = errors.New("changed while being updated")
 // ReadWritePaths, a directory the process may not write, an owner it may
 // not give, other hard links), by rewriting it in place; Write says which
 // and why. A file edited by someone else meanwhile is read and planned
-// again. Errors name the file; unpaired block markers also the line.
+// again. A file with no name left (bind-mounted here, then replaced
+// outside) is an error, not written. Errors name the file; unpaired block
+// markers also the line.
 func UpdateHosts(path string, entries []HostsEntry, dryRun bool) (*HostsReport, error) {
 	target, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		return nil, fmt.Errorf("hosts file: %w", err)
 	}
 	for attempt := 1; ; attempt++ {
+		if err := checkLinked(target); err != nil {
+			return nil, fmt.Errorf("hosts file %s: %w", target, err)
+		}
 		old, err := os.ReadFile(target)
 		if err != nil {
 			return nil, fmt.Errorf("hosts file: %w", err)
@@ -106,6 +111,22 @@ func UpdateHosts(path string, entries []HostsEntry, dryRun bool) (*HostsReport, 
 	}
 }
 
+// checkLinked refuses a file with no name left: one bind-mounted into this
+// mount namespace (systemd ReadWritePaths=, a container's /etc/hosts) and
+// then deleted or replaced by rename outside it. Its content is no longer
+// what the host resolves with, and writing it would change a file nobody
+// reads.
+func checkLinked(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
+		return errors.New("the file this process sees was deleted or replaced after it was bind-mounted here (e.g. by systemd ReadWritePaths=); restart this process to see the new one")
+	}
+	return nil
+}
+
 // writeHosts replaces the file holding old by one holding data, or
 // rewrites it in place when it cannot be replaced; it returns how.
 func writeHosts(path string, old, data []byte) (string, error) {
@@ -118,11 +139,6 @@ func writeHosts(path string, old, data []byte) (string, error) {
 	switch {
 	case st == nil:
 		why = "no owner information"
-	case st.Nlink == 0:
-		// A file bind-mounted into this mount namespace (systemd
-		// ReadWritePaths=) that was then replaced by rename outside it:
-		// writing it would change a file nobody else reads.
-		return "", errors.New("the file this process sees was deleted or replaced (it was bind-mounted here, e.g. by systemd ReadWritePaths=, before someone replaced it); restart this process")
 	case st.Nlink > 1:
 		why = fmt.Sprintf("it has %d hard links, which a new file would not keep", st.Nlink)
 	default:

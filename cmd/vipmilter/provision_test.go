@@ -241,7 +241,7 @@ func TestProvisionWatchCommand(t *testing.T) {
 		t.Fatalf("ready before the addresses are on eth0:\n%s", out)
 	}
 	if !hostsHas("192.0.2.10 out-a.example.com") || !hostsHas("2001:db8::10 out-a.example.com") {
-		t.Errorf("hosts file at start:\n%s", readTestFile(t, hosts))
+		t.Errorf("hosts file at start:\n%s", testenv.ReadFile(t, hosts))
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -369,6 +369,8 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 	lineB := "192.0.2.20 out-b.example.com # binding B"
 	bindSrc := filepath.Join(e.dir, "hosts.container")
 	bindMount := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "sh", bindSrc, hosts}
+	// The bind-mounted file then deleted (replaced) outside.
+	deletedMount := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$2" && rm "$1" && shift 2 && exec "$@"`, "sh", bindSrc, hosts}
 	// What systemd's ProtectSystem=strict with ReadWritePaths=/etc/hosts
 	// gives the service: the directory read-only, the file a writable
 	// bind mount of itself.
@@ -401,6 +403,9 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 		{name: "bind-mounted file rewritten in place", conf: a + b, edit: func() { os.WriteFile(hosts, []byte(base+block(lineA)), 0o640); copyFile(t, hosts, bindSrc, 0o640) }, wrap: bindMount,
 			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot rename a file over it: device or resource busy)"},
 			file: base + block(lineA, lineB), onFile: bindSrc},
+		{name: "bind-mounted file deleted outside: refused", conf: a, wrap: deletedMount, code: 1,
+			want: []string{"error        hosts file " + hosts + ": the file this process sees was deleted or replaced after it was bind-mounted here"},
+			file: base + block(lineA), inode: "same"},
 		{name: "read-only directory, writable file (systemd ReadWritePaths=)", conf: a + b, wrap: readOnlyDir,
 			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot create a file in " + e.dir + ": read-only file system)"},
 			file: base + block(lineA, lineB), inode: "same"},
@@ -414,7 +419,7 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 		if s.edit != nil {
 			s.edit()
 		}
-		before := fileStat(t, hosts)
+		before := testenv.Stat(t, hosts)
 		code, out := e.run(s.wrap, append([]string{"provision", "-c", e.conf, "--hosts-file", hosts}, s.args...)...)
 		if code != s.code {
 			t.Errorf("%s: exit %d, want %d\n%s", s.name, code, s.code, out)
@@ -431,7 +436,7 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 		if got, err := os.ReadFile(file); err != nil || string(got) != s.file {
 			t.Errorf("%s: %s is\n%s\nwant\n%s", s.name, file, got, s.file)
 		}
-		after := fileStat(t, hosts)
+		after := testenv.Stat(t, hosts)
 		if after.Mode != before.Mode || after.Uid != 65534 || after.Gid != 65534 {
 			t.Errorf("%s: mode %o owner %d:%d, want %o 65534:65534", s.name, after.Mode, after.Uid, after.Gid, before.Mode)
 		}
@@ -439,15 +444,6 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 			t.Errorf("%s: inode %d, was %d: want %s", s.name, after.Ino, before.Ino, s.inode)
 		}
 	}
-}
-
-func fileStat(t *testing.T, path string) *syscall.Stat_t {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t)
 }
 
 func appendFile(t *testing.T, path, s string) {
@@ -460,13 +456,4 @@ func appendFile(t *testing.T, path, s string) {
 	if _, err := f.WriteString(s); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func readTestFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
