@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
-	"github.com/vipmilter/vipmilter/sendmail"
 )
 
 // The managed block of a hosts file (provision --hosts-file). Sendmail
@@ -42,15 +41,15 @@ func (e HostsEntry) line() string {
 }
 
 // HostsEntries lists, in binding file order, one entry per binding address
-// whose EHLO_Hostname is a host name Sendmail would greet with if the
-// address resolved to it (sendmail.ResolvedEHLO): not __hostname__ or
-// __message__ (no fixed name), not an address literal, not a name without
-// a dot or one that reads as an address (Sendmail ignores those and
-// greets with its own name).
-func HostsEntries(cfg *config.Config) []HostsEntry {
+// whose EHLO_Hostname the MTA would greet with if the address resolved to
+// it, as greets reports (for Sendmail, sendmail.ResolvedEHLO: not
+// __hostname__ or __message__, not an address literal, not a name without
+// a dot or one that reads as an address). The MTA's rule is passed in so
+// that vip stays beside the MTA packages, not above them.
+func HostsEntries(cfg *config.Config, greets func(ehlo string) bool) []HostsEntry {
 	var es []HostsEntry
 	for _, b := range cfg.Bindings {
-		if !sendmail.ResolvedEHLO(b.EHLOHostname) {
+		if !greets(b.EHLOHostname) {
 			continue
 		}
 		for _, p := range b.Addresses {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/internal/testenv"
+	"github.com/vipmilter/vipmilter/sendmail"
 )
 
 func entry(binding, addr, name string) HostsEntry {
@@ -166,7 +167,7 @@ Binding "default" { EHLO_Hostname = x.example }
 		t.Fatal(err)
 	}
 	var got []string
-	for _, e := range HostsEntries(cfg) {
+	for _, e := range HostsEntries(cfg, sendmail.ResolvedEHLO) {
 		got = append(got, e.line())
 	}
 	want := []string{

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sendmail"
 	"github.com/vipmilter/vipmilter/vip"
 )
 
@@ -137,7 +138,7 @@ func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, o provisionRu
 	}
 	// A hosts file that cannot be written is reported and fails the run,
 	// but does not stop the addresses, which matter more, being kept.
-	rep, err := vip.UpdateHosts(o.hostsFile, vip.HostsEntries(cfg), o.dry)
+	rep, err := vip.UpdateHosts(o.hostsFile, vip.HostsEntries(cfg, sendmail.ResolvedEHLO), o.dry)
 	if err != nil {
 		fmt.Fprintf(c.stdout, "error        %v\n", err)
 		return true, nil
