@@ -14,7 +14,8 @@ import (
 
 // decide places the message at the DATA request and returns the action.
 func (s *Server) decide(m *message, r *Request) string {
-	pol := s.pol.Load()
+	cur := s.cur.Load()
+	pol := cur.pol
 	msg := sieve.Message{
 		From:       r.Sender,
 		Auth:       r.SASLUsername,
@@ -63,10 +64,10 @@ func (s *Server) decide(m *message, r *Request) string {
 		return "451 4.3.0 binding policy failed, try again later"
 	}
 	v := d.Binding
-	if s.opts.HeaderKey != "" {
-		v += " " + s.opts.HeaderKey
+	if cur.key != "" {
+		v += " " + cur.key
 	}
-	return "PREPEND " + s.opts.BindingHeader + ": " + v
+	return "PREPEND " + cur.header + ": " + v
 }
 
 // errUncertain is the policy error for a message whose accepted recipients

@@ -73,7 +73,7 @@ type Options struct {
 // Server answers Postfix policy requests. It is safe for concurrent use;
 // SetPolicy swaps the policy for requests that follow.
 type Server struct {
-	pol  atomic.Pointer[sieve.Policy]
+	cur  atomic.Pointer[current]
 	opts Options
 	log  *slog.Logger
 	conn socket.Server
@@ -89,13 +89,23 @@ func New(pol *sieve.Policy, opts Options) *Server {
 		s.log = slog.Default()
 	}
 	s.conn = socket.Server{Name: "policy service", Handle: s.ServeConn, MaxConns: opts.MaxConns, Log: s.log}
-	s.pol.Store(pol)
+	s.cur.Store(&current{pol: pol, header: opts.BindingHeader, key: opts.HeaderKey})
 	return s
 }
 
-// SetPolicy replaces the policy; a message whose DATA request comes later
-// is decided by the new one.
-func (s *Server) SetPolicy(pol *sieve.Policy) { s.pol.Store(pol) }
+// current is what a DATA request is answered with; a reload swaps it whole,
+// so no answer pairs a new policy with an old header key.
+type current struct {
+	pol         *sieve.Policy
+	header, key string
+}
+
+// SetPolicy replaces the policy, the binding header's name and its key
+// (Binding_Header, Binding_Header_Key's content, as in Options); a message
+// whose DATA request comes later is decided and answered by the new ones.
+func (s *Server) SetPolicy(pol *sieve.Policy, bindingHeader, headerKey string) {
+	s.cur.Store(&current{pol: pol, header: bindingHeader, key: headerKey})
+}
 
 // AcceptErrors counts failed accepts (for example EMFILE) the server
 // backed off from.

@@ -145,3 +145,29 @@ func TestStateBounded(t *testing.T) {
 		t.Fatalf("state after DATA: %+v", m)
 	}
 }
+
+// TestSetPolicy: a reload's policy, header name and key answer the next
+// message on a connection that stays open (smtpd keeps it for
+// policy_time_limit), never a new policy with the old key.
+func TestSetPolicy(t *testing.T) {
+	s := newServer(t, testScript)
+	c := dial(t, s)
+	msg := func(inst string) string {
+		t.Helper()
+		if _, ok := c.ask(req("RCPT", inst, "sender=s@x.test", "recipient=vip@d.test")...); !ok {
+			t.Fatal("connection closed at RCPT")
+		}
+		act, ok := c.ask(req("DATA", inst, "sender=s@x.test", "recipient=vip@d.test", "recipient_count=1")...)
+		if !ok {
+			t.Fatal("connection closed at DATA")
+		}
+		return act
+	}
+	if got := msg("m1"); got != prepend("VIP") {
+		t.Fatalf("before reload: %q, want %q", got, prepend("VIP"))
+	}
+	s.SetPolicy(testPolicy(t, `require ["variables"]; set "binding" "News";`), "X-Route", "n3wk3y")
+	if got, want := msg("m2"), "PREPEND X-Route: News n3wk3y"; got != want {
+		t.Fatalf("after reload: %q, want %q", got, want)
+	}
+}

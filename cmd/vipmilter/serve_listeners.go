@@ -106,7 +106,7 @@ func (l *listeners) running() hookSet {
 // error with the old set still serving, exactly as before. commit (may be
 // nil) runs once everything started, before a new milter listener accepts:
 // the caller gives the milter pol there. The policy service that keeps
-// running gets pol.
+// running gets pol and the header key as it is now.
 func (l *listeners) set(cfg *config.Config, pol *sieve.Policy, want hookSet, commit func()) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -131,7 +131,16 @@ func (l *listeners) set(cfg *config.Config, pol *sieve.Policy, want hookSet, com
 		}
 		newPD, l.pdAddr = pd, cfg.PolicyListen
 	} else if l.pd != nil {
-		l.pd.SetPolicy(pol)
+		// A new key (vipmilter postfix re-created Binding_Header_Key) must
+		// reach the answers with the policy: Postfix routes only on it.
+		key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
+		if err != nil {
+			if newMilter != nil {
+				newMilter.Close()
+			}
+			return fmt.Errorf("policy service: %w", err)
+		}
+		l.pd.SetPolicy(pol, cfg.BindingHeader, key)
 		if cfg.PolicyListen != l.pdAddr {
 			l.log.Warn("Policy_Listen changed; restart vipmilter to apply", "listening", l.pdAddr.String(), "Policy_Listen", cfg.PolicyListen.String())
 		}
