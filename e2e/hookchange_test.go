@@ -24,17 +24,7 @@ func TestServeHookChangeRendered(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := newEnv(t, ctx)
-	dir := t.TempDir()
-	bin := e2eBinary(t, ctx, dir)
-	keyFile := filepath.Join(dir, "binding-header.key")
-	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"192.0.2.30", "192.0.2.31", "192.0.2.32"} {
-		if err := e.net.AddAddress(ctx, a); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir, bin, keyFile := keyedSetup(t, ctx, e, "192.0.2.30", "192.0.2.31", "192.0.2.32")
 	const milterAddr, policyAddr = "127.0.0.1:8894", "127.0.0.1:8896"
 	base := fmt.Sprintf(`Binding_Header_Key = %q
 Milter_Listen = inet:%s
