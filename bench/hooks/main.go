@@ -7,7 +7,7 @@
 //
 //	no milter               Postfix alone (the baseline of every ratio)
 //	floor milter unix|inet  minimal C libmilter milter, built here from Debian's
-//	                        libmilter-dev (floormilter/c/floor-milter.c): every stage off but
+//	                        libmilter-dev (bench/internal/floormilter): every stage off but
 //	                        end of message, adds one header; TCP_NODELAY
 //	vipmilter 50 rules unix|inet
 //	                        vipmilter serve with 50 header tests in Sieve (the
@@ -15,8 +15,13 @@
 //	vipmilter Match_Domain  a binding file without a script: no per-message hook,
 //	                        Postfix routes with sender_dependent_default_transport_maps
 //	vipmilter policy unix|inet
-//	                        SLOT for the SMTPD policy-service hook (issue 11), run
-//	                        when "vipmilter serve" answers on Policy_Listen
+//	                        an envelope-only script of 50 envelope tests: Hook = auto
+//	                        chooses the SMTPD policy service (check_policy_service,
+//	                        "vipmilter serve" on Policy_Listen), no smtpd milter
+//
+// Before measuring a vipmilter variant it checks that "vipmilter postfix"
+// rendered the hook the variant measures, and after the burst that serve
+// logged a decision on that hook, placing the sender, for every message.
 //
 // For every burst it reads, from /proc/<pid>/stat and /proc/stat, the CPU of
 // Postfix's master and all its descendants, of the milter, of the
@@ -50,7 +55,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vipmilter/vipmilter/bench/hooks/floormilter"
+	"github.com/vipmilter/vipmilter/bench/internal/floormilter"
+	"github.com/vipmilter/vipmilter/bench/internal/mailpath"
 	"github.com/vipmilter/vipmilter/e2e"
 	"github.com/vipmilter/vipmilter/internal/testenv"
 )
@@ -78,20 +84,15 @@ func run() error {
 	flag.Float64Var(&o.maxOther, "max-other", 0.10, "drop a burst when processes outside the benchmark used more than this share of the machine's CPU")
 	flag.StringVar(&o.only, "only", "", "run only the variants whose name contains this (and \"no milter\")")
 	flag.Parse()
-	if os.Geteuid() != 0 {
-		return errors.New("run as root (network namespaces, private Postfix)")
-	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
 
-	dir, err := os.MkdirTemp("", "vipmilter-hooks-")
+	mp, err := mailpath.New(ctx, "vipmilter-hooks-", defaultAddr, exampleAddr)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
+	defer mp.Close()
+	dir, netw, pf := mp.Dir, mp.Net, mp.Postfix
 	floor, err := floormilter.Build(ctx, dir)
 	if err != nil {
 		return err
@@ -100,26 +101,6 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	netw, err := e2e.NewNetwork(ctx)
-	if err != nil {
-		return err
-	}
-	defer netw.Close()
-	sink, err := testenv.StartSink(ctx, netw.Sink, e2e.SinkAddr4+":25", "")
-	if err != nil {
-		return err
-	}
-	defer sink.Stop()
-	for _, a := range []string{defaultAddr, exampleAddr} {
-		if err := netw.AddAddress(ctx, a); err != nil {
-			return err
-		}
-	}
-	pf, err := e2e.NewPostfix(ctx, filepath.Join(dir, "postfix"), netw.MTA)
-	if err != nil {
-		return err
-	}
-	defer pf.Stop()
 	var nsInodes []uint64
 	for _, ns := range []*testenv.NS{netw.MTA, netw.Sink} {
 		ino, err := nsInode(ns.Name)
@@ -167,11 +148,6 @@ func run() error {
 	fmt.Printf("bench/hooks: -n %d -rounds %d -sessions %d, 1 KiB, one message per connection; %s\n", o.n, o.rounds, o.sessions, env)
 	report(os.Stdout, vs, bursts, o.maxOther)
 	for _, v := range vs {
-		if n, ok := b.notes[v.name]; ok {
-			fmt.Printf("note: %s: %s\n", v.name, n)
-		}
-	}
-	for _, v := range vs {
 		if why, ok := skipped[v.name]; ok {
 			fmt.Printf("not run: %s: %s\n", v.name, why)
 		}
@@ -190,7 +166,6 @@ type bench struct {
 	ns       []uint64
 	log      *slog.Logger
 	pristine map[string][]byte            // main.cf and master.cf as the harness wrote them
-	notes    map[string]string            // per variant: what the reader must know
 	rendered map[string]map[string][]byte // per variant: main.cf and master.cf after its first setup
 }
 
@@ -249,6 +224,12 @@ func (b *bench) measure(ctx context.Context, v variant, round int) (burst, error
 	after, err := pr.take()
 	if err != nil {
 		return burst{}, err
+	}
+	running.stop()
+	if running.served != nil {
+		if err := running.served(b.o.warmup + b.o.n); err != nil {
+			return burst{}, err
+		}
 	}
 	return burst{variant: v.name, round: round, n: b.o.n, secs: secs, use: since(before, after)}, nil
 }
