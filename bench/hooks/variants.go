@@ -168,7 +168,7 @@ func (b *bench) checkRendered(ctx context.Context, v variant) error {
 	if err != nil {
 		return err
 	}
-	lines := strings.Split(strings.TrimRight(val, "\n"), "\n")
+	lines := strings.Split(strings.TrimSuffix(val, "\n"), "\n")
 	if len(lines) != 4 {
 		return fmt.Errorf("postconf: want 4 lines, got %q", val)
 	}
