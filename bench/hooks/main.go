@@ -73,6 +73,7 @@ type opts struct {
 	n, rounds, sessions, warmup int
 	maxOther                    float64
 	only                        string
+	chroot                      bool
 }
 
 func run() error {
@@ -83,6 +84,7 @@ func run() error {
 	flag.IntVar(&o.warmup, "warmup", 50, "messages sent after each variant's setup, before the measured burst")
 	flag.Float64Var(&o.maxOther, "max-other", 0.10, "drop a burst when processes outside the benchmark used more than this share of the machine's CPU")
 	flag.StringVar(&o.only, "only", "", "run only the variants whose name contains this (and \"no milter\")")
+	flag.BoolVar(&o.chroot, "chroot", false, "run smtpd and cleanup chrooted in the queue directory (Debian's master.cf does); the unix sockets then live under it")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
@@ -109,12 +111,17 @@ func run() error {
 		}
 		nsInodes = append(nsInodes, ino)
 	}
-	b := &bench{o: o, dir: dir, floor: floor, bin: bin, netw: netw, pf: pf, ns: nsInodes, log: log}
+	b := &bench{o: o, dir: dir, floor: floor, bin: bin, netw: netw, pf: pf, ns: nsInodes, log: log, sockDir: dir}
+	if o.chroot {
+		if err := b.chrootSMTPD(ctx); err != nil {
+			return err
+		}
+	}
 	if b.pristine, err = readConfig(pf.Dir); err != nil {
 		return err
 	}
 
-	vs := variants(dir)
+	vs := variants(b.sockDir)
 	if o.only != "" {
 		vs = slices.DeleteFunc(vs, func(v variant) bool { return v.kind != kindNone && !strings.Contains(v.name, o.only) })
 	}
@@ -165,7 +172,8 @@ type bench struct {
 	pf       *testenv.Postfix
 	ns       []uint64
 	log      *slog.Logger
-	pristine map[string][]byte            // main.cf and master.cf as the harness wrote them
+	pristine map[string][]byte            // main.cf and master.cf as the harness wrote them (-chroot: and chrooted)
+	sockDir  string                       // where the unix sockets live
 	rendered map[string]map[string][]byte // per variant: main.cf and master.cf after its first setup
 }
 
@@ -314,6 +322,32 @@ func (b *bench) restart(ctx context.Context) error {
 		return err
 	}
 	return b.pf.Start(ctx)
+}
+
+// chrootSMTPD makes smtpd and cleanup run chrooted in the queue
+// directory, as Debian's stock master.cf has them, and moves the unix
+// sockets into it (queue/vipmilter, mode 0755), where the renderer
+// requires them and names them as seen from inside the jail.
+func (b *bench) chrootSMTPD(ctx context.Context) error {
+	if _, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-F", "smtp/inet/chroot=y", "cleanup/unix/chroot=y"); err != nil {
+		return err
+	}
+	b.sockDir = filepath.Join(b.pf.Dir, "queue", "vipmilter")
+	return os.MkdirAll(b.sockDir, 0o755)
+}
+
+// seen is a milter or policy address as chrooted smtpd and cleanup reach
+// it (-chroot): a unix path relative to the queue directory.
+func (b *bench) seen(listen string) string {
+	path, ok := strings.CutPrefix(listen, "unix:")
+	if !b.o.chroot || !ok {
+		return listen
+	}
+	rel, err := filepath.Rel(filepath.Join(b.pf.Dir, "queue"), path)
+	if err != nil {
+		return listen
+	}
+	return "unix:/" + rel
 }
 
 // masterPID reads Postfix master's process id from its pid file.

@@ -41,8 +41,9 @@ type variant struct {
 	listen string
 }
 
-func variants(dir string) []variant {
-	unix := func(name string) string { return "unix:" + filepath.Join(dir, name+".sock") }
+// variants are the benchmark's variants; unix sockets go into sockDir.
+func variants(sockDir string) []variant {
+	unix := func(name string) string { return "unix:" + filepath.Join(sockDir, name+".sock") }
 	return []variant{
 		{name: "no milter", kind: kindNone},
 		{name: "floor milter unix", kind: kindFloor, listen: unix("floor")},
@@ -100,14 +101,14 @@ func (v variant) setup(ctx context.Context, b *bench) (running, error) {
 			r.stop()
 			return none, err
 		}
-		if err := b.pf.Postconf(ctx, "smtpd_milters="+v.listen, "milter_default_action=tempfail", "milter_protocol=6"); err != nil {
+		if err := b.pf.Postconf(ctx, "smtpd_milters="+b.seen(v.listen), "milter_default_action=tempfail", "milter_protocol=6"); err != nil {
 			r.stop()
 			return none, err
 		}
 		return r, nil
 	}
 
-	conf, err := writeBindings(b.dir, v)
+	conf, err := writeBindings(b.dir, b.sockDir, v)
 	if err != nil {
 		return none, err
 	}
@@ -184,7 +185,7 @@ func (b *bench) checkRendered(ctx context.Context, v variant) error {
 			wrong = append(wrong, "check_policy_service is rendered")
 		}
 	case kindPolicy:
-		entry := "check_policy_service { " + v.listen + ","
+		entry := "check_policy_service { " + b.seen(v.listen) + ","
 		if !strings.HasPrefix(rcpt, entry) || !strings.HasPrefix(data, entry) {
 			wrong = append(wrong, fmt.Sprintf("check_policy_service on %s is not first in smtpd_recipient_restrictions (%q) and smtpd_data_restrictions (%q)", v.listen, rcpt, data))
 		}
@@ -192,8 +193,8 @@ func (b *bench) checkRendered(ctx context.Context, v variant) error {
 			wrong = append(wrong, "smtpd_milters = "+smtpdMilters+": smtpd mail would pass the milter too")
 		}
 	case kindMilter:
-		if !strings.Contains(smtpdMilters, v.listen) {
-			wrong = append(wrong, "smtpd_milters = "+smtpdMilters+" lacks "+v.listen)
+		if !strings.Contains(smtpdMilters, b.seen(v.listen)) {
+			wrong = append(wrong, "smtpd_milters = "+smtpdMilters+" lacks "+b.seen(v.listen))
 		}
 		if policy {
 			wrong = append(wrong, "check_policy_service is rendered")
@@ -245,11 +246,12 @@ func tail(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// writeBindings writes the variant's binding file (and script) into dir.
+// writeBindings writes the variant's binding file (and script) into dir,
+// naming its unix milter socket in sockDir.
 // The sender's domain is Example's Match_Domain; scripts test 50 things
 // that never match, so every message walks all of them and Match_Domain
 // places it.
-func writeBindings(dir string, v variant) (string, error) {
+func writeBindings(dir, sockDir string, v variant) (string, error) {
 	var head strings.Builder
 	fmt.Fprintf(&head, "Binding_Header = \"X-Binding\"\nBinding_Header_Key = %q\nOn_Policy_Error = default\nOn_Milter_Down = tempfail\nInterface = eth0\n",
 		filepath.Join(dir, "binding-header.key"))
@@ -265,7 +267,7 @@ func writeBindings(dir string, v variant) (string, error) {
 		// Hook = auto (the default) must choose the policy service for
 		// an envelope-only script; the milter stays for mail from
 		// sendmail (non_smtpd_milters), which the benchmark does not send.
-		fmt.Fprintf(&head, "Milter_Listen = %q\nPolicy_Listen = %q\n", "unix:"+filepath.Join(dir, "policy-milter.sock"), v.listen)
+		fmt.Fprintf(&head, "Milter_Listen = %q\nPolicy_Listen = %q\n", "unix:"+filepath.Join(sockDir, "policy-milter.sock"), v.listen)
 		for i := range 50 {
 			fmt.Fprintf(&script, "if envelope :domain :is \"from\" \"never-%d.test\" { set \"binding\" \"default\"; stop; }\n", i)
 		}
