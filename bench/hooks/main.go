@@ -152,7 +152,8 @@ func run() error {
 			bursts = append(bursts, res)
 		}
 	}
-	fmt.Printf("bench/hooks: -n %d -rounds %d -sessions %d, 1 KiB, one message per connection; %s\n", o.n, o.rounds, o.sessions, env)
+	fmt.Printf("bench/hooks %s: -n %d -rounds %d -sessions %d -warmup %d -chroot=%t, 1 KiB, one message per connection; %s\n",
+		strings.Join(os.Args[1:], " "), o.n, o.rounds, o.sessions, o.warmup, o.chroot, env)
 	report(os.Stdout, vs, bursts, o.maxOther)
 	for _, v := range vs {
 		if why, ok := skipped[v.name]; ok {
