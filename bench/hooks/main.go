@@ -74,6 +74,7 @@ type opts struct {
 	maxOther                    float64
 	only                        string
 	chroot                      bool
+	fromLog                     string
 }
 
 func run() error {
@@ -85,7 +86,11 @@ func run() error {
 	flag.Float64Var(&o.maxOther, "max-other", 0.10, "drop a burst when processes outside the benchmark used more than this share of the machine's CPU")
 	flag.StringVar(&o.only, "only", "", "run only the variants whose name contains this (and \"no milter\")")
 	flag.BoolVar(&o.chroot, "chroot", false, "run smtpd and cleanup chrooted in the queue directory (Debian's master.cf does); the unix sockets then live under it")
+	flag.StringVar(&o.fromLog, "from-log", "", "print the report of an earlier run from its log (stderr) instead of running; -max-other applies")
 	flag.Parse()
+	if o.fromLog != "" {
+		return reportLog(o)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
 
@@ -160,6 +165,22 @@ func run() error {
 			fmt.Printf("not run: %s: %s\n", v.name, why)
 		}
 	}
+	return nil
+}
+
+// reportLog prints the report of the run logged in o.fromLog.
+func reportLog(o opts) error {
+	f, err := os.Open(o.fromLog)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bursts, n, err := readLog(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.fromLog, err)
+	}
+	fmt.Printf("bench/hooks %s: %d bursts of %d messages from the log\n", strings.Join(os.Args[1:], " "), len(bursts), n)
+	report(os.Stdout, variants(""), bursts, o.maxOther)
 	return nil
 }
 

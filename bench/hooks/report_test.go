@@ -97,3 +97,50 @@ func TestDecided(t *testing.T) {
 		}
 	}
 }
+
+// TestKeeper: the -max-other filter applies to every variant or to none.
+func TestKeeper(t *testing.T) {
+	vs := variants(t.TempDir())
+	b := func(name string, others float64) burst { return burst{variant: name, use: usage{others: others}} }
+	for _, c := range []struct {
+		name        string
+		bursts      []burst
+		wantSpoiler string
+		keptLoaded  bool // is a loaded burst kept
+	}{
+		{"every variant has a quiet burst", []burst{b("no milter", 0.05), b("no milter", 0.5), b("floor milter unix", 0.08)}, "", false},
+		{"one variant has none", []burst{b("no milter", 0.05), b("floor milter unix", 0.5)}, "floor milter unix", true},
+	} {
+		keep, spoiler := keeper(vs, c.bursts, 0.10)
+		if spoiler != c.wantSpoiler || keep(b("no milter", 0.5)) != c.keptLoaded || !keep(b("no milter", 0.05)) {
+			t.Errorf("%s: spoiler %q, loaded burst kept %t; want %q, %t", c.name, spoiler, keep(b("no milter", 0.5)), c.wantSpoiler, c.keptLoaded)
+		}
+	}
+}
+
+func TestReadLog(t *testing.T) {
+	log := `time=2026-11-30T14:52:13Z level=INFO msg=start variants=8 n=800 rounds=10 machine="Postfix 3.7.11, 2 CPUs"
+time=2026-11-30T14:52:17Z level=DEBUG msg=setup variant="no milter" setup_s=1.2e-06 restart_s=4.09
+time=2026-11-30T14:52:22Z level=INFO msg=burst round=2 variant="vipmilter policy inet" msgs_per_s=200 postfix_ms_per_msg=5.50 milter_ms_per_msg=0.40 others_share=34% busy=96%
+`
+	bursts, n, err := readLog(strings.NewReader(log))
+	if err != nil || n != 800 || len(bursts) != 1 {
+		t.Fatalf("readLog: %v, n %d, %d bursts; want 800, 1", err, n, len(bursts))
+	}
+	b := bursts[0]
+	want := burst{variant: "vipmilter policy inet", round: 1, n: 800, secs: 4, use: usage{postfix: 4.4, milter: 0.32, others: 0.34, busy: 0.96}}
+	near := func(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+	if b.variant != want.variant || b.round != want.round || b.n != want.n || !near(b.secs, want.secs) ||
+		!near(b.use.postfix, want.use.postfix) || !near(b.use.milter, want.use.milter) || !near(b.use.others, want.use.others) {
+		t.Errorf("burst %+v, want %+v", b, want)
+	}
+	for _, bad := range []string{
+		"",
+		`msg=burst round=1 variant="no milter" msgs_per_s=200 postfix_ms_per_msg=5 milter_ms_per_msg=0 others_share=3% busy=9%`,
+		"msg=start n=800\n" + `msg=burst round=1 variant="no milter" msgs_per_s=fast postfix_ms_per_msg=5 milter_ms_per_msg=0 others_share=3% busy=9%`,
+	} {
+		if _, _, err := readLog(strings.NewReader(bad)); err == nil {
+			t.Errorf("readLog accepted %q", bad)
+		}
+	}
+}
