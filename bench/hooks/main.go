@@ -27,7 +27,8 @@
 // Postfix's master and all its descendants, of the milter, of the
 // benchmark's own processes and of the whole machine. A burst where other
 // processes used more than -max-other of the machine is dropped from the
-// figures (its share is still printed). Per variant it reports
+// figures (its share is still printed), unless some variant has no burst
+// under it: then every burst of every variant counts. Per variant it reports
 // throughput and its ratio to the same round's "no milter" burst (and for
 // vipmilter on the milter hook, to the same round's floor milter on the
 // same socket kind), Postfix's own CPU per 1,000 messages and the milter's
@@ -38,7 +39,8 @@
 //
 // Run as root from the module root:
 //
-//	go run ./bench/hooks [-n 1000] [-rounds 3] [-sessions 8] [-max-other 0.10] [-only floor]
+//	go run ./bench/hooks [-n 1000] [-rounds 3] [-sessions 8] [-max-other 0.10] [-only floor] [-chroot]
+//	go run ./bench/hooks -from-log run.log [-max-other 0.25]   # the report of an earlier run, from its stderr
 package main
 
 import (
