@@ -8,12 +8,15 @@ import (
 	"strings"
 )
 
-// readLog rebuilds the bursts of an earlier run from its log (stderr, slog
-// text: the "start" line's n, one "burst" line per burst), so its report
-// can be printed again, e.g. with another -max-other. The log rounds CPU to
+// readLog rebuilds the bursts of earlier runs from their log (stderr, slog
+// text: the "start" line's n, one "burst" line per burst), so their report
+// can be printed again, e.g. with another -max-other. Logs of several runs
+// may follow each other: each start line begins new rounds, numbered on
+// from the previous run's, and n is that run's. The log rounds CPU to
 // 0.01 ms per message and rates to whole messages per second, so figures
 // may differ from the run's own report in the last digit.
 func readLog(r io.Reader) (bursts []burst, n int, err error) {
+	offset, next := 0, 0 // round numbers of this run start at offset; next is one past the last seen
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for line := 1; sc.Scan(); line++ {
@@ -32,11 +35,13 @@ func readLog(r io.Reader) (bursts []burst, n int, err error) {
 		switch kv["msg"] {
 		case "start":
 			n = int(num("n"))
+			offset = next
 		case "burst":
 			if n == 0 {
 				return nil, 0, fmt.Errorf("log line %d: a burst before the start line", line)
 			}
-			b := burst{variant: kv["variant"], round: int(num("round")) - 1, n: n}
+			b := burst{variant: kv["variant"], round: offset + int(num("round")) - 1, n: n}
+			next = max(next, b.round+1)
 			b.secs = float64(n) / num("msgs_per_s")
 			b.use = usage{postfix: num("postfix_ms_per_msg") * float64(n) / 1000, milter: num("milter_ms_per_msg") * float64(n) / 1000,
 				others: num("others_share") / 100, busy: num("busy") / 100}

@@ -181,7 +181,7 @@ func reportLog(o opts) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.fromLog, err)
 	}
-	fmt.Printf("bench/hooks %s: %d bursts of %d messages from the log\n", strings.Join(os.Args[1:], " "), len(bursts), n)
+	fmt.Printf("bench/hooks %s: %d bursts from the log (the last run's: %d messages each)\n", strings.Join(os.Args[1:], " "), len(bursts), n)
 	report(os.Stdout, variants(""), bursts, o.maxOther)
 	return nil
 }

@@ -134,6 +134,10 @@ time=2026-11-30T14:52:22Z level=INFO msg=burst round=2 variant="vipmilter policy
 		!near(b.use.postfix, want.use.postfix) || !near(b.use.milter, want.use.milter) || !near(b.use.others, want.use.others) {
 		t.Errorf("burst %+v, want %+v", b, want)
 	}
+	two, _, err := readLog(strings.NewReader(log + log))
+	if err != nil || len(two) != 2 || two[0].round != 1 || two[1].round != 3 {
+		t.Errorf("two runs' logs: %v, %+v; want rounds 1 and 3 (the second run's numbered on)", err, two)
+	}
 	for _, bad := range []string{
 		"",
 		`msg=burst round=1 variant="no milter" msgs_per_s=200 postfix_ms_per_msg=5 milter_ms_per_msg=0 others_share=3% busy=9%`,
