@@ -33,15 +33,21 @@ func (s *Server) decide(m *message, r *Request) string {
 	// With exactly one accepted recipient Postfix names it at DATA: that
 	// is exact even when a later restriction rejected others we saw.
 	exact := r.RecipientCount == 1 && r.Recipient != ""
-	if exact {
+	// A policy no recipient can change (Needs.Recipients false) is
+	// rendered at DATA only: it decides from this request alone.
+	alone := !pol.Needs().Recipients
+	switch {
+	case exact:
 		msg.To = []string{r.Recipient}
-	} else {
+	case alone && len(m.to) == 0:
+		// Logged and traced without recipients; the decision is the same.
+	default:
 		msg.To = m.to
 	}
 	ctx := context.Background()
 	d := pol.Decide(ctx, &msg)
 	switch {
-	case exact || m.rcpts == r.RecipientCount:
+	case exact || alone || m.rcpts == r.RecipientCount:
 	case m.rcpts < r.RecipientCount:
 		// Recipients were accepted that this connection never heard of:
 		// Postfix reopened the policy connection during the message (its

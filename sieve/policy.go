@@ -46,6 +46,12 @@ type Needs struct {
 	Body    bool // the script requires "body"
 	Size    bool // the script uses the size test (the milter must count the message)
 	Helo    bool // the script may read environment "vnd.vipmilter.helo" (the milter asks for HELO)
+	// Recipients: the decision can depend on a recipient, so every one
+	// must be known: the script may read envelope "to", or a sticky
+	// Binding_Group picks its member by the first recipient's domain. The
+	// policy hook then asks at every RCPT as well as at DATA; otherwise
+	// the DATA request alone carries all the policy reads.
+	Recipients bool
 }
 
 // Policy is a loaded binding file plus its compiled script. It is safe for
@@ -94,6 +100,9 @@ func New(cfg *config.Config, opts Options) (*Policy, error) {
 	}
 	for _, g := range cfg.Groups {
 		p.counters[g.Name] = new(atomic.Uint64)
+		if g.Selection == config.SelectSticky {
+			p.needs.Recipients = true
+		}
 	}
 	p.host, _ = os.Hostname()
 	if _, d, ok := strings.Cut(p.host, "."); ok {
@@ -112,6 +121,7 @@ func New(cfg *config.Config, opts Options) (*Policy, error) {
 	}
 	p.script = script
 	p.scan(cmds)
+	p.needs.Recipients = p.needs.Recipients || p.readsTo
 	if run, tests, everyRun := bodyOnce(cmds, loadOptions()); tests != nil {
 		if s, err := interp.LoadScript(run, loadOptions()); err == nil {
 			p.script, p.bodyTests, p.bodyEveryRun, cmds = s, tests, everyRun, run

@@ -382,13 +382,15 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// testConfig's sticky group G picks by recipient domain.
+			tt.want.Recipients = true
 			if p.Needs() != tt.want || p.readsTo != tt.readsTo {
 				t.Errorf("needs %+v readsTo %v, want %+v %v", p.Needs(), p.readsTo, tt.want, tt.readsTo)
 			}
 		})
 	}
 	p, err := New(testConfig(t, "", true, config.PolicyErrorDefault), Options{})
-	if err != nil || p.Needs() != (Needs{}) {
+	if err != nil || p.Needs() != (Needs{Recipients: true}) {
 		t.Errorf("no script: %v %+v", err, p)
 	}
 	cfg := testConfig(t, "", true, config.PolicyErrorDefault)
@@ -597,6 +599,40 @@ func TestBodyOnce(t *testing.T) {
 			}
 			if d := p.Decide(context.Background(), m); d.Binding != tt.wantBind || d.Err != nil {
 				t.Errorf("binding %s (err %v), want %s; trace %+v", d.Binding, d.Err, tt.wantBind, d.Trace)
+			}
+		})
+	}
+}
+
+// TestNeedsRecipients: recipients matter when the script may read envelope
+// "to" or a sticky group exists (it picks by recipient domain); otherwise
+// the policy service is asked at DATA alone.
+func TestNeedsRecipients(t *testing.T) {
+	const plain = `Binding "default" { Bind_Address = 192.0.2.1 }
+Binding "B" { Bind_Address = 192.0.2.3 }
+Binding_Group "R" { Selection = random  Binding "R1" { Bind_Address = 192.0.2.5 } }
+`
+	const sticky = plain + `Binding_Group "S" { Binding "S1" { Bind_Address = 192.0.2.6 } }
+`
+	for _, c := range []struct {
+		name, bindings, script string
+		want                   bool
+	}{
+		{"sender only", plain, req + `if envelope :domain "from" "x.example" { set "binding" "B"; }`, false},
+		{"no script", plain, "", false},
+		{"envelope to", plain, req + `if envelope :domain "to" "x.example" { set "binding" "B"; }`, true},
+		{"envelope part from a variable", plain, req + `set "p" "to"; if envelope :domain "${p}" "x.example" { set "binding" "B"; }`, true},
+		{"random group", plain, req + `set "binding" "R";`, false},
+		{"sticky group (the default selection)", sticky, req + `if envelope :domain "from" "x.example" { set "binding" "B"; }`, true},
+		{"sticky group, no script", sticky, "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := New(loadConfig(t, c.bindings, c.script), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Needs().Recipients; got != c.want {
+				t.Errorf("Needs().Recipients = %v, want %v", got, c.want)
 			}
 		})
 	}
