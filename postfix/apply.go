@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -161,7 +162,7 @@ func Apply(ctx context.Context, plan *Plan, st *State, ao ApplyOptions) (*Result
 	}
 	for _, key := range sortedKeys(st.ServiceParams) {
 		svc, name := splitParamKey(key)
-		if wantP[key] || want[svc] || owns(plan.Prefix, svc, st.Services[svc]) || !ownedParam(plan.Prefix, key, st.ServiceParams[key]) {
+		if wantP[key] || want[svc] || owns(plan.Prefix, svc, st.Services[svc]) || !(ownedParam(plan.Prefix, key, st.ServiceParams[key]) || slices.Contains(plan.DropParams, key)) {
 			continue
 		}
 		e.punset = append(e.punset, key)

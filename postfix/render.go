@@ -114,6 +114,11 @@ type Options struct {
 	// policy's vnd.vipmilter.daemon tells them apart: "submission/inet" ->
 	// "submission". Stock Postfix sends $myhostname for every service.
 	DaemonNames map[string]string
+	// PrevDaemonNames are the per-service overrides an earlier run added
+	// for DaemonNames (StampFile), "name/type/param" -> value: a later run
+	// that no longer wants one removes it, unless its value changed since
+	// (then it is the administrator's).
+	PrevDaemonNames map[string]string
 }
 
 // Param is one main.cf parameter.
@@ -158,6 +163,11 @@ type Plan struct {
 	Services      []Service
 	ServiceParams []ServiceParam
 	Tables        []Table
+
+	// DropParams are "name/type/param" overrides an earlier run added
+	// (Options.PrevDaemonNames) that this plan no longer wants; Apply
+	// removes them.
+	DropParams []string
 
 	// Suspended lists the transports deliberately left out of master.cf so
 	// their mail defers ("mail transport unavailable") until re-applied.
@@ -212,6 +222,13 @@ func Render(cfg *config.Config, opts Options) (*Plan, error) {
 	if len(p.defaulted) > 0 {
 		stamp += "defaulted " + strings.Join(p.defaulted, " ") + "\n"
 	}
+	if len(p.daemonNames) > 0 {
+		var kv []string
+		for _, k := range sortedKeys(p.daemonNames) {
+			kv = append(kv, k+"="+p.daemonNames[k])
+		}
+		stamp += "daemon-names " + strings.Join(kv, " ") + "\n"
+	}
 	p.Tables = append(p.Tables, Table{Path: filepath.Join(p.ConfigDir, StampFile), Content: stamp, Mode: 0o644})
 	return &p.Plan, nil
 }
@@ -236,6 +253,9 @@ type rendered struct {
 	milterEntry string   // "" when no milter list holds vipmilter's
 	policyEntry string   // "" when no restriction list holds vipmilter's
 	defaulted   []string // see Options.PrevDefaulted
+	// daemonNames are the DaemonNames overrides this run owns (it set them,
+	// or an earlier run did): "name/type/param" -> value.
+	daemonNames map[string]string
 }
 
 func source(cfg *config.Config) string {
@@ -450,6 +470,9 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		}
 		p.ServiceParams = append(p.ServiceParams, ServiceParam{svc, "milter_macro_daemon_name", name})
 	}
+	if err := p.ownDaemonNames(opts); err != nil {
+		return nil, err
+	}
 
 	var st strings.Builder
 	fmt.Fprintf(&st, generatedHeader, src)
@@ -462,6 +485,45 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 	}
 	sort.SliceStable(p.ServiceParams, func(i, j int) bool { return p.ServiceParams[i].Key() < p.ServiceParams[j].Key() })
 	return p, nil
+}
+
+// daemonNameParams are the per-service overrides --daemon-name sets
+// (milter_macro_daemon_name; the policy hook's
+// smtpd_policy_service_policy_context, see PolicyService).
+var daemonNameParams = []string{"milter_macro_daemon_name", "smtpd_policy_service_policy_context"}
+
+// ownDaemonNames decides which --daemon-name overrides are vipmilter's, the
+// way the milter and policy entries are: an override is vipmilter's when
+// this or an earlier run (opts.PrevDaemonNames) set it, never when the
+// administrator wrote it. One the administrator set to another value is
+// refused rather than replaced; one an earlier run set and this run does not
+// render goes to DropParams, unless its value changed since (then someone
+// else set it, and it stays).
+func (p *rendered) ownDaemonNames(opts Options) error {
+	p.daemonNames = map[string]string{}
+	want := map[string]bool{}
+	for _, sp := range p.ServiceParams {
+		if !slices.Contains(daemonNameParams, sp.Name) {
+			continue
+		}
+		key := sp.Key()
+		want[key] = true
+		cur, set := opts.ServiceParams[key]
+		_, ours := opts.PrevDaemonNames[key]
+		switch {
+		case ours || !set:
+			p.daemonNames[key] = sp.Value
+		case cur != sp.Value:
+			return fmt.Errorf("master.cf %s already sets %s=%s (not set by vipmilter): remove it (postconf -PX %s) or pass --daemon-name %s=%s, and run vipmilter postfix again", sp.Service, sp.Name, cur, key, sp.Service, cur)
+		}
+		// set to the same value by the administrator: theirs, left alone.
+	}
+	for _, key := range sortedKeys(opts.PrevDaemonNames) {
+		if cur, set := opts.ServiceParams[key]; !want[key] && set && cur == opts.PrevDaemonNames[key] {
+			p.DropParams = append(p.DropParams, key)
+		}
+	}
+	return nil
 }
 
 // cleanups renders the cleanup services vipmilter adds and points pickup
