@@ -62,11 +62,7 @@ func (s *Server) decide(m *message, r *Request) string {
 	case sieve.Tempfail:
 		return "451 4.3.0 binding policy failed, try again later"
 	}
-	v := d.Binding
-	if s.opts.HeaderKey != "" {
-		v += " " + s.opts.HeaderKey
-	}
-	return "PREPEND " + s.opts.BindingHeader + ": " + v
+	return "PREPEND " + s.opts.BindingHeader + ": " + config.BindingHeaderValue(s.opts.BindingHeader, d.Binding, s.opts.HeaderKey)
 }
 
 // errUncertain is the policy error for a message whose accepted recipients

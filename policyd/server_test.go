@@ -3,6 +3,8 @@ package policyd
 import (
 	"strings"
 	"testing"
+
+	"github.com/vipmilter/vipmilter/config"
 )
 
 const key = "k3y"
@@ -11,7 +13,9 @@ func newServer(t testing.TB, script string, extra ...string) *Server {
 	return New(testPolicy(t, script, extra...), Options{BindingHeader: "X-Binding", HeaderKey: key, Daemon: "mta.test", Log: quietLog()})
 }
 
-func prepend(binding string) string { return "PREPEND X-Binding: " + binding + " " + key }
+func prepend(binding string) string {
+	return "PREPEND X-Binding: " + config.BindingHeaderValue("X-Binding", binding, key)
+}
 
 // TestMessages runs whole messages through one connection: the RCPT
 // requests, then DATA, whose action is checked.

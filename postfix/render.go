@@ -196,6 +196,11 @@ var ownedServiceParams = map[string][]string{
 // attach the original).
 var egressParams = []string{"smtp_header_checks", "smtp_mime_header_checks", "smtp_nested_header_checks"}
 
+// keySpace matches the spaces between the binding name and the key in the
+// binding header (config.BindingHeaderValue), folded or not (POSIX
+// [[:space:]] includes the newline of a continuation line).
+const keySpace = "[[:space:]]+"
+
 // concurrencySuffix marks per-binding main.cf parameters as vipmilter's
 // (together with the transport prefix).
 const concurrencySuffix = "_destination_concurrency_limit"
@@ -348,11 +353,13 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 	hdr.WriteString("# A binding header routes only with the key; the key is what only the milter knows.\n")
 	keep.WriteString("# Requeued mail passes the content filter again: keep the keyed header for the re-injection, strip other copies.\n")
 	qh := regexp.QuoteMeta(header)
+	// keyed matches config.BindingHeaderValue for name: the spaces that put
+	// the key past what Postfix logs, as [[:space:]]+ (also across a fold).
 	keyed := func(name string) string {
 		if opts.Key == "" {
-			return name
+			return regexp.QuoteMeta(name)
 		}
-		return name + " " + opts.Key
+		return regexp.QuoteMeta(name) + keySpace + opts.Key
 	}
 
 	var egress [][]string
@@ -367,7 +374,7 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		if b.Name == config.DefaultBindingName && len(b.Addresses) == 0 {
 			// The fallback without an address of its own is Postfix's
 			// ordinary delivery (config allows it only for "default").
-			fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:%s\n", qh, regexp.QuoteMeta(keyed(b.Name)), b.Relay)
+			fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:%s\n", qh, keyed(b.Name), b.Relay)
 			for _, d := range b.MatchDomains {
 				fmt.Fprintf(&senders, "@%s smtp:%s\n", d, b.Relay)
 			}
@@ -383,7 +390,7 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		}
 		// Anchored and case-sensitive ("i" toggles Postfix's default
 		// case-insensitive matching): binding names are case-sensitive.
-		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER %s:%s\n", qh, regexp.QuoteMeta(keyed(b.Name)), transport, b.Relay)
+		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER %s:%s\n", qh, keyed(b.Name), transport, b.Relay)
 		for _, d := range b.MatchDomains {
 			fmt.Fprintf(&senders, "@%s %s:%s\n", d, transport, b.Relay)
 		}
@@ -441,17 +448,17 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 	case ownDefault:
 	case opts.LocalDelivery:
 		// FILTER smtp: would send local mail out; leave it to Postfix.
-		fmt.Fprintf(&hdr, "/^%s: %s$/i DUNNO\n", qh, regexp.QuoteMeta(keyed(config.DefaultBindingName)))
+		fmt.Fprintf(&hdr, "/^%s: %s$/i DUNNO\n", qh, keyed(config.DefaultBindingName))
 	default:
 		// The milter writes "default" for mail it leaves to Postfix.
-		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:\n", qh, regexp.QuoteMeta(keyed(config.DefaultBindingName)))
+		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:\n", qh, keyed(config.DefaultBindingName))
 	}
 	if opts.Key != "" {
 		// A binding the milter knows and this table does not (the binding
 		// file changed, "vipmilter postfix" not run): hold the mail rather
 		// than send it from the default address.
-		fmt.Fprintf(&hdr, "/^%s: (\\S+) %s$/i HOLD vipmilter: binding $1 is unknown to Postfix: run \"vipmilter postfix\", then \"postsuper -r ALL hold\"\n", qh, opts.Key)
-		fmt.Fprintf(&keep, "/^%s: \\S+ %s$/i DUNNO\n", qh, opts.Key)
+		fmt.Fprintf(&hdr, "/^%s: (\\S+)%s%s$/i HOLD vipmilter: binding $1 is unknown to Postfix: run \"vipmilter postfix\", then \"postsuper -r ALL hold\"\n", qh, keySpace, opts.Key)
+		fmt.Fprintf(&keep, "/^%s: \\S+%s%s$/i DUNNO\n", qh, keySpace, opts.Key)
 	}
 	// Any other copy is a client's: it never routes and never stays.
 	for _, b := range []*strings.Builder{&hdr, &keep} {
