@@ -55,15 +55,9 @@ func TestRenderDaemonNames(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := Options{ConfigDir: "/etc/postfix", Key: testKey, Hook: tt.hook, Services: services,
 				ServiceParams: tt.current, DaemonNames: tt.flag, PrevDaemonNames: tt.prev}
-			plan, err := Render(testConfig(binding("a", "192.0.2.11")), opts)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err = %v, want %q", err, tt.err)
-				}
+			plan := renderOne(t, opts, tt.err)
+			if plan == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			var set []string
 			for _, p := range plan.ServiceParams {

@@ -427,15 +427,9 @@ func TestRenderHooks(t *testing.T) {
 			for k, v := range tt.services {
 				opts.ServiceParams[k] = v
 			}
-			plan, err := Render(testConfig(binding("a", "192.0.2.11")), opts)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err %v, want %q", err, tt.err)
-				}
+			plan := renderOne(t, opts, tt.err)
+			if plan == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			got := plan.dump()
 			for _, w := range tt.want {
@@ -533,4 +527,20 @@ func dumpMain(m map[string]string) string {
 		b.WriteString(k + " = " + m[k] + "\n")
 	}
 	return b.String()
+}
+
+// renderOne renders a file of one binding with opts. With wantErr it fails
+// unless Render's error contains it, and returns nil.
+func renderOne(t *testing.T, opts Options, wantErr string) *Plan {
+	t.Helper()
+	plan, err := Render(testConfig(binding("a", "192.0.2.11")), opts)
+	switch {
+	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+		t.Fatalf("err %v, want %q", err, wantErr)
+	case wantErr != "":
+		return nil
+	case err != nil:
+		t.Fatal(err)
+	}
+	return plan
 }
