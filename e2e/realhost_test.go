@@ -192,7 +192,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		}
 		// A local user does not know the key (mode 0640, group vipmilter):
 		// copies without it or with a guess. (One who reads the mail log
-		// can learn it: docs/postfix.md.)
+		// learns nothing: TestRealHostKeyNotLogged.)
 		localCase := NewCase("down local forged", "default", def, "u@unknown.test", Rcpt4)
 		guess := strings.Repeat("0", len(key))
 		msg := "Subject: down local forged\nX-Binding: Newsletters\nX-Binding: Newsletters " + guess + "\nX-Binding: Newsletters\t" + key + "\n\nhi\n"
