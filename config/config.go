@@ -11,6 +11,7 @@ package config
 import (
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // DefaultPath is where serve, check, test, postfix and provision look for the
@@ -82,6 +83,19 @@ type Config struct {
 	SendmailSocketmap Listen
 	PolicyListen      Listen // Policy_Listen: the SMTPD policy service socket, default DefaultPolicyListen
 	Hook              Hook   // Hook: auto (default), milter or policy
+
+	// Daemon limits. MaxHeaderBytes caps the header bytes (names and
+	// values) the milter keeps per message for the policy
+	// (Max_Header_Bytes); MaxConnections caps open connections on each
+	// listening socket: the milter's, the policy service's and the
+	// socketmap's (Max_Connections); IdleTimeout is how long the milter
+	// waits for the MTA's next command (Milter_Idle_Timeout), PacketTimeout
+	// how long the rest of a packet may take once its first byte came
+	// (Milter_Packet_Timeout).
+	MaxHeaderBytes int64
+	MaxConnections int
+	IdleTimeout    time.Duration
+	PacketTimeout  time.Duration
 
 	// Bindings holds every binding in file order, group members included.
 	Bindings []*Binding

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Defaults for settings not written in the file. The decoder applies these
@@ -29,6 +30,14 @@ const (
 	DefaultSuspendDelivery   = false
 	DefaultWeight            = 1
 	DefaultSelection         = SelectSticky
+
+	// Daemon limits (Max_Header_Bytes, Max_Connections, Milter_Idle_Timeout,
+	// Milter_Packet_Timeout); the milter, the policy service and the
+	// socketmap take their zero-value defaults from here too.
+	DefaultMaxHeaderBytes      = 256 << 10 // bytes of header kept per message
+	DefaultMaxConnections      = 2048      // per listening socket
+	DefaultMilterIdleTimeout   = time.Hour
+	DefaultMilterPacketTimeout = 30 * time.Second
 )
 
 // setting is a value together with the node that set it, so inherited
@@ -95,6 +104,10 @@ func decode(name string, nodes []*Node) (*Config, error) {
 		OnPolicyError:   DefaultOnPolicyError,
 		OnMilterDown:    DefaultOnMilterDown,
 		MaxBodyBytes:    DefaultMaxBodyBytes,
+		MaxHeaderBytes:  DefaultMaxHeaderBytes,
+		MaxConnections:  DefaultMaxConnections,
+		IdleTimeout:     DefaultMilterIdleTimeout,
+		PacketTimeout:   DefaultMilterPacketTimeout,
 		TransportPrefix: DefaultTransportPrefix,
 		KeepHeader:      DefaultKeepHeader,
 		StateDir:        DefaultStateDir,

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseExample(t *testing.T) {
@@ -51,6 +52,10 @@ EHLO_HOSTNAME = "out.example.net"
 Max_Outbound_Connections = 5
 Metrics_Listen = 127.0.0.1:9100
 Max_Body_Bytes = 64K
+Max_Header_Bytes = 64KiB
+Max_Connections = 100
+Milter_Idle_Timeout = 10m
+Milter_Packet_Timeout = 45
 On_Policy_Error = TEMPFAIL
 Keep_Header_On_Delivery = yes
 Interface = eth0
@@ -86,6 +91,10 @@ Binding_Group "G" {
 		{"__message__ kept", m2.EHLOHostname, EHLOMessage},
 		{"selection", cfg.Group("G").Selection, SelectRoundRobin},
 		{"max body", cfg.MaxBodyBytes, int64(64 << 10)},
+		{"max header", cfg.MaxHeaderBytes, int64(64 << 10)},
+		{"max connections", cfg.MaxConnections, 100},
+		{"idle timeout", cfg.IdleTimeout, 10 * time.Minute},
+		{"packet timeout in seconds", cfg.PacketTimeout, 45 * time.Second},
 		{"policy error", cfg.OnPolicyError, PolicyErrorTempfail},
 		{"keep header", cfg.KeepHeader, true},
 		{"default listen", cfg.MilterListen.String(), DefaultMilterListen},
@@ -200,6 +209,22 @@ func TestDefaultsAsWritten(t *testing.T) {
 	}
 	if tested < 10 {
 		t.Fatalf("only %d keywords have a default", tested)
+	}
+	// The daemon limits' defaults live here, not in the packages using them.
+	for _, name := range []string{"Max_Header_Bytes", "Max_Connections", "Milter_Idle_Timeout", "Milter_Packet_Timeout"} {
+		if lookupKeyword(name).Default == "" {
+			t.Errorf("%s has no documented default", name)
+		}
+	}
+	for _, c := range []struct{ got, want any }{
+		{want.MaxHeaderBytes, int64(DefaultMaxHeaderBytes)},
+		{want.MaxConnections, DefaultMaxConnections},
+		{want.IdleTimeout, DefaultMilterIdleTimeout},
+		{want.PacketTimeout, DefaultMilterPacketTimeout},
+	} {
+		if c.got != c.want {
+			t.Errorf("unwritten limit decodes to %v, want the default %v", c.got, c.want)
+		}
 	}
 }
 
@@ -354,6 +379,13 @@ func TestParseErrors(t *testing.T) {
 		{"bad on_policy_error", "On_Policy_Error = reject", `On_Policy_Error: "reject": want default or tempfail`},
 		{"bad on_milter_down", "On_Milter_Down = reject", `want accept or tempfail`},
 		{"bad body size", "Max_Body_Bytes = 2G", `Max_Body_Bytes: "2G": want a size`},
+		{"header size below 1K", "Max_Header_Bytes = 100", `t.conf:1:20: Max_Header_Bytes: "100": want a size from 1K to 1G bytes`},
+		{"header size negative", "Max_Header_Bytes = -1M", `Max_Header_Bytes: "-1M": want a size`},
+		{"no connections", "Max_Connections = 0", `t.conf:1:19: Max_Connections: "0": want a whole number from 1 to 1000000`},
+		{"idle timeout unit", "Milter_Idle_Timeout = 5x", `t.conf:1:23: Milter_Idle_Timeout: "5x": want a time from 1s to 1w`},
+		{"idle timeout zero", "Milter_Idle_Timeout = 0s", `Milter_Idle_Timeout: "0s": want a time`},
+		{"packet timeout too long", "\nMilter_Packet_Timeout = 2h", `t.conf:2:25: Milter_Packet_Timeout: "2h": want a time from 1s to 1h`},
+		{"packet timeout Go syntax", "Milter_Packet_Timeout = 1m30s", `Milter_Packet_Timeout: "1m30s": want a time`},
 		{"bad transport prefix", "Transport_Prefix = 1vip", `Transport_Prefix: "1vip"`},
 		{"transport prefix with dollar", "Transport_Prefix = $vip", `Transport_Prefix: "$vip"`},
 		{"binding named cleanup", `Binding "cleanup" { Bind_Address = 10.0.0.1 }`, `t.conf:1:9: Binding: name "cleanup" is reserved: vip_cleanup is a cleanup service`},

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -155,6 +156,20 @@ func setOnMilterDown(d *decoder, n *Node, _ *values) {
 }
 
 func setMaxBodyBytes(d *decoder, n *Node, _ *values) {
+	if v, ok := d.size(n, 1, 1<<30); ok {
+		d.cfg.MaxBodyBytes = v
+	}
+}
+
+func setMaxHeaderBytes(d *decoder, n *Node, _ *values) {
+	if v, ok := d.size(n, 1<<10, 1<<30); ok {
+		d.cfg.MaxHeaderBytes = v
+	}
+}
+
+// size reads a byte count with an optional binary suffix K, M or G (a
+// trailing "B" or "iB" is allowed: 64K, 64KB, 64KiB), from lo to hi bytes.
+func (d *decoder) size(n *Node, lo, hi int64) (int64, bool) {
 	s := strings.ToUpper(strings.TrimSpace(n.Value))
 	mult := int64(1)
 	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
@@ -167,11 +182,11 @@ func setMaxBodyBytes(d *decoder, n *Node, _ *values) {
 		mult, s = 1<<30, s[:len(s)-1]
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || v < 1 || v > (1<<30)/mult {
-		d.bad(n, "%q: want a size from 1 byte to 1G (suffixes K, M, G)", n.Value)
-		return
+	if err != nil || v < 0 || v > hi/mult || v*mult < lo {
+		d.bad(n, "%q: want a size from %s to %s bytes (suffixes K, M, G)", n.Value, sizeText(lo), sizeText(hi))
+		return 0, false
 	}
-	d.cfg.MaxBodyBytes = v * mult
+	return v * mult, true
 }
 
 // sizeText writes a byte count the way Max_Body_Bytes reads it: with the
@@ -186,6 +201,61 @@ func sizeText(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+func setMaxConnections(d *decoder, n *Node, _ *values) {
+	if v, ok := d.intIn(n, 1, 1000000); ok {
+		d.cfg.MaxConnections = v
+	}
+}
+
+func setMilterIdleTimeout(d *decoder, n *Node, _ *values) {
+	if v, ok := d.duration(n, time.Second, 7*24*time.Hour); ok {
+		d.cfg.IdleTimeout = v
+	}
+}
+
+func setMilterPacketTimeout(d *decoder, n *Node, _ *values) {
+	if v, ok := d.duration(n, time.Second, time.Hour); ok {
+		d.cfg.PacketTimeout = v
+	}
+}
+
+// timeUnits are Postfix's time units (postconf(5) "Time units"), largest
+// first for durationText.
+var timeUnits = []struct {
+	suffix string
+	d      time.Duration
+}{{"w", 7 * 24 * time.Hour}, {"d", 24 * time.Hour}, {"h", time.Hour}, {"m", time.Minute}, {"s", time.Second}}
+
+// duration reads a time the way main.cf writes one: a whole number with
+// one unit s, m, h, d or w (seconds when none), from lo to hi.
+func (d *decoder) duration(n *Node, lo, hi time.Duration) (time.Duration, bool) {
+	s := strings.ToLower(strings.TrimSpace(n.Value))
+	unit := time.Second
+	for _, u := range timeUnits {
+		if strings.HasSuffix(s, u.suffix) {
+			unit, s = u.d, s[:len(s)-1]
+			break
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 || v > int64(hi/unit) || time.Duration(v)*unit < lo {
+		d.bad(n, "%q: want a time from %s to %s (a whole number with unit s, m, h, d or w, as in main.cf; seconds when none)", n.Value, durationText(lo), durationText(hi))
+		return 0, false
+	}
+	return time.Duration(v) * unit, true
+}
+
+// durationText writes a time the way duration reads it: in the largest
+// unit that divides it exactly.
+func durationText(t time.Duration) string {
+	for _, u := range timeUnits {
+		if t >= u.d && t%u.d == 0 {
+			return strconv.FormatInt(int64(t/u.d), 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(t/time.Second), 10) + "s"
 }
 
 func setInterface(d *decoder, n *Node, v *values) {

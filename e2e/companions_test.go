@@ -75,13 +75,7 @@ func newRealHost(t *testing.T, ctx context.Context, prepare func(pf *testenv.Pos
 	t.Helper()
 	testenv.Require(t, Prereqs)
 	tmp := t.TempDir()
-	bin := os.Getenv("VIPE2E_BIN")
-	if bin == "" {
-		var err error
-		if bin, err = BuildVipmilter(ctx, repoRoot(t), tmp); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := e2eBinary(t, ctx, tmp)
 	h := &realHost{conf: filepath.Join(tmp, "vipmilter.conf"), policy: filepath.Join(tmp, "policy.sieve"), key: filepath.Join(tmp, "binding-header.key")}
 	if err := os.WriteFile(h.conf, []byte(strings.Replace(realHostConf, "KEYFILE", h.key, 1)), 0o644); err != nil {
 		t.Fatal(err)

@@ -28,13 +28,7 @@ func TestMessageTable(t *testing.T) {
 	defer cancel()
 	testenv.Require(t, Prereqs)
 	tmp := t.TempDir()
-	bin := os.Getenv("VIPE2E_BIN")
-	if bin == "" {
-		var err error
-		if bin, err = BuildVipmilter(ctx, repoRoot(t), tmp); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := e2eBinary(t, ctx, tmp)
 	confDir := filepath.Join(tmp, "conf")
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -61,18 +55,7 @@ func TestMessageTable(t *testing.T) {
 		addrOf[b.Name] = b.Addresses[0].Addr().String()
 	}
 
-	s, err := StartSystem(ctx, SystemOptions{Bin: bin, Config: conf, Dir: tmp, IPAddrFallback: os.Getenv("VIPE2E_IPADDR") == "1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("maillog tail:\n%s\nqueue:\n%s\nserve output:\n%s", s.Postfix.LogTail(80), s.Postfix.Queue(context.Background()), s.ServeOutput())
-		}
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	s := startSystemWith(t, ctx, SystemOptions{Bin: bin, Config: conf, Dir: tmp})
 	// The binding addresses must be on the mta side, so presence (group
 	// members, test's liveness) is real for both paths.
 	out, err := s.Net.MTA.Addrs(ctx, "eth0")

@@ -38,14 +38,8 @@ func TestPolicyService(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := newEnv(t, ctx)
-	dir := t.TempDir()
-	bin := e2eBinary(t, ctx, dir)
-
 	bindings := []struct{ name, addr string }{{"default", "192.0.2.30"}, {"News", "192.0.2.31"}, {"VIP", "192.0.2.32"}}
-	keyFile := filepath.Join(dir, "binding-header.key")
-	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin, keyFile := keyedSetup(t, ctx, e)
 	conf := fmt.Sprintf("Sieve_Script = %q\nBinding_Header_Key = %q\nMilter_Listen = inet:127.0.0.1:8894\nPolicy_Listen = inet:127.0.0.1:8896\n",
 		filepath.Join(dir, "policy.sieve"), keyFile)
 	for _, b := range bindings {
@@ -202,12 +196,8 @@ func TestPolicyServiceNotNeeded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := newEnv(t, ctx)
-	dir := t.TempDir()
-	bin := e2eBinary(t, ctx, dir)
-	keyFile := filepath.Join(dir, "binding-header.key")
-	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
-		t.Fatal(err)
-	}
+	// Gone's address (192.0.2.39) is deliberately not on the host.
+	dir, bin, keyFile := keyedSetup(t, ctx, e, "192.0.2.30", "192.0.2.31")
 	conf := fmt.Sprintf(`Binding_Header_Key = %q
 Milter_Listen = inet:127.0.0.1:8894
 Policy_Listen = inet:127.0.0.1:8896
@@ -224,12 +214,6 @@ Binding "Gone" {
 	confPath := filepath.Join(dir, "vipmilter.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
-	}
-	// Gone's address is deliberately not on the host.
-	for _, a := range []string{"192.0.2.30", "192.0.2.31"} {
-		if err := e.net.AddAddress(ctx, a); err != nil {
-			t.Fatal(err)
-		}
 	}
 	if out := applyPostfix(t, ctx, e, bin, confPath); !strings.Contains(out, "hook: none (") {
 		t.Fatalf("vipmilter postfix did not pick the none hook:\n%s", out)
@@ -316,19 +300,6 @@ Binding "Gone" {
 			t.Errorf("mail for a binding whose address is missing left from %s", m.ClientAddr)
 		}
 	}
-}
-
-// e2eBinary is $VIPE2E_BIN, or vipmilter built into dir.
-func e2eBinary(t *testing.T, ctx context.Context, dir string) string {
-	t.Helper()
-	if bin := os.Getenv("VIPE2E_BIN"); bin != "" {
-		return bin
-	}
-	bin, err := BuildVipmilter(ctx, repoRoot(t), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
 }
 
 // applyPostfix runs "vipmilter postfix" on the test's Postfix (it reloads
@@ -483,4 +454,23 @@ func (l *lockedLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// keyedSetup makes the test's directory with the vipmilter binary and a
+// Binding_Header_Key file holding policyKey, and puts addrs on the MTA
+// side.
+func keyedSetup(t *testing.T, ctx context.Context, e *env, addrs ...string) (dir, bin, keyFile string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin = e2eBinary(t, ctx, dir)
+	keyFile = filepath.Join(dir, "binding-header.key")
+	if err := os.WriteFile(keyFile, []byte(policyKey+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if err := e.net.AddAddress(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, bin, keyFile
 }

@@ -98,7 +98,10 @@ type Sendmail struct {
 const SendmailHostName = "mta.e2e.test"
 
 // NewSendmail prepares a Sendmail in dir for namespace ns: a .mc that
-// includes dir/etc/vipmilter.m4, and a hosts file with names, address → name.
+// includes dir/etc/vipmilter.m4, and a hosts file with localhost, the
+// Sendmail's own name and names, address → name. StartSendmailSystem adds
+// the binding addresses' EHLO names with "vipmilter provision
+// --hosts-file" (HostsFile), so the suite proves that command.
 func NewSendmail(dist *SendmailDist, dir string, ns *testenv.NS, names map[string]string) (*Sendmail, error) {
 	s := &Sendmail{Dist: dist, Dir: dir, ConfDir: filepath.Join(dir, "etc"), QueueDir: filepath.Join(dir, "queue"), NS: ns,
 		mc: filepath.Join(dir, "sendmail.mc"), cf: filepath.Join(dir, "sendmail.cf"),
@@ -165,6 +168,9 @@ func (s *Sendmail) mcText() string {
 		"MAILER(`smtp')dnl\n" +
 		"include(`" + filepath.Join(s.ConfDir, sendmail.FragmentFile) + "')dnl\n"
 }
+
+// HostsFile is the path of the hosts file Sendmail sees as /etc/hosts.
+func (s *Sendmail) HostsFile() string { return s.hosts }
 
 // MC is the path of the test site's sendmail.mc.
 func (s *Sendmail) MC() string { return s.mc }
@@ -342,22 +348,21 @@ func (s *SendmailSystem) start(ctx context.Context, o SendmailOptions) error {
 		return err
 	}
 	s.sinks = append(s.sinks, sk)
+	// Without provision (IPAddrFallback) the harness writes the EHLO
+	// names itself; otherwise "provision --hosts-file" does, and the sink
+	// checks that each binding's name arrives.
 	names := map[string]string{}
 	for _, b := range cfg.Bindings {
+		if !o.IPAddrFallback {
+			break
+		}
 		for _, p := range b.Addresses {
-			if o.IPAddrFallback {
-				if err := n.AddAddress(ctx, p.Addr().String()); err != nil {
-					return err
-				}
+			if err := n.AddAddress(ctx, p.Addr().String()); err != nil {
+				return err
 			}
 		}
-		if a, ok := sendmail.Family(b); ok && config.ValidHostname(b.EHLOHostname) {
+		if a, ok := sendmail.Family(b); ok && sendmail.ResolvedEHLO(b.EHLOHostname) {
 			names[a.String()] = b.EHLOHostname
-		}
-	}
-	if !o.IPAddrFallback {
-		if _, err := s.Vipmilter(ctx, "provision", "-c", o.Config, "--state-dir", filepath.Join(o.Dir, "state")); err != nil {
-			return err
 		}
 	}
 	sm, err := NewSendmail(o.Dist, filepath.Join(o.Dir, "sendmail"), n.MTA, names)
@@ -365,6 +370,13 @@ func (s *SendmailSystem) start(ctx context.Context, o SendmailOptions) error {
 		return err
 	}
 	s.Sendmail = sm
+	if !o.IPAddrFallback {
+		out, err := s.Vipmilter(ctx, "provision", "-c", o.Config, "--state-dir", filepath.Join(o.Dir, "state"), "--hosts-file", sm.HostsFile())
+		if err != nil {
+			return err
+		}
+		s.Log.Info("provisioned", "output", out)
+	}
 	if err := s.ApplySendmail(ctx, true); err != nil {
 		return err
 	}

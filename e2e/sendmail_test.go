@@ -36,12 +36,7 @@ func startSendmailSystem(t *testing.T, ctx context.Context) *SendmailSystem {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := os.Getenv("VIPE2E_BIN")
-	if bin == "" {
-		if bin, err = BuildVipmilter(ctx, repoRoot(t), tmp); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := e2eBinary(t, ctx, tmp)
 	conf, err := CopySendmailExamples(filepath.Join(repoRoot(t), "examples"), filepath.Join(tmp, "conf"))
 	if err != nil {
 		t.Fatal(err)

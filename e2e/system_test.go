@@ -32,25 +32,37 @@ func startSystem(t *testing.T, ctx context.Context) *System {
 	t.Helper()
 	testenv.Require(t, Prereqs)
 	tmp := t.TempDir()
-	// VIPE2E_BIN tests a prebuilt binary (a release, a packaged build).
-	bin := os.Getenv("VIPE2E_BIN")
-	if bin == "" {
-		var err error
-		if bin, err = BuildVipmilter(ctx, repoRoot(t), tmp); err != nil {
-			t.Fatal(err)
-		}
-	}
+	bin := e2eBinary(t, ctx, tmp)
 	conf, err := CopyExamples(filepath.Join(repoRoot(t), "examples"), filepath.Join(tmp, "conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Binding addresses are put in place by "vipmilter provision", as on a
-	// real host; VIPE2E_IPADDR=1 uses ip(8) instead, to tell a provisioning
-	// fault from a routing one.
-	s, err := StartSystem(ctx, SystemOptions{
-		Bin: bin, Config: conf, Dir: tmp,
-		IPAddrFallback: os.Getenv("VIPE2E_IPADDR") == "1",
-	})
+	return startSystemWith(t, ctx, SystemOptions{Bin: bin, Config: conf, Dir: tmp})
+}
+
+// e2eBinary is $VIPE2E_BIN (a prebuilt binary: a release, a packaged
+// build), or vipmilter built from this checkout into dir.
+func e2eBinary(t *testing.T, ctx context.Context, dir string) string {
+	t.Helper()
+	if bin := os.Getenv("VIPE2E_BIN"); bin != "" {
+		return bin
+	}
+	bin, err := BuildVipmilter(ctx, repoRoot(t), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// startSystemWith starts the system opts describe and stops it when the
+// test ends, printing the maillog, queue and serve output if it failed.
+// Binding addresses are put in place by "vipmilter provision", as on a real
+// host; VIPE2E_IPADDR=1 uses ip(8) instead, to tell a provisioning fault
+// from a routing one.
+func startSystemWith(t *testing.T, ctx context.Context, opts SystemOptions) *System {
+	t.Helper()
+	opts.IPAddrFallback = os.Getenv("VIPE2E_IPADDR") == "1"
+	s, err := StartSystem(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -373,7 +373,7 @@ func TestHeadersKept(t *testing.T) {
 	cases := []struct {
 		name   string
 		d      Decider
-		max    int
+		max    int64
 		want   []string // kept field names in order
 		capped float64
 	}{

@@ -3,6 +3,7 @@ package milter
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,9 +29,9 @@ type session struct {
 	// message
 	msg         sieve.Message
 	size        int
-	headerBytes int  // header bytes kept for the policy
-	capped      bool // a header field was dropped for MaxHeaderBytes
-	failed      bool // a callback panicked: the message is tempfailed
+	headerBytes int64 // header bytes kept for the policy
+	capped      bool  // a header field was dropped for MaxHeaderBytes
+	failed      bool  // a callback panicked: the message is tempfailed
 	started     time.Time
 }
 
@@ -93,11 +94,11 @@ func (s *session) Header(name, value string, _ gomilter.Modifier) (resp *gomilte
 	if !s.g.needs.Headers || (s.headers != nil && !s.headers.ReadsHeader(name)) {
 		return gomilter.RespContinue, nil
 	}
-	if s.headerBytes+n > s.g.st.MaxHeaderBytes {
+	if s.headerBytes+int64(n) > s.g.st.MaxHeaderBytes {
 		s.capped = true
 		return gomilter.RespContinue, nil
 	}
-	s.headerBytes += n
+	s.headerBytes += int64(n)
 	s.msg.AddHeader(name, value)
 	return gomilter.RespContinue, nil
 }
@@ -147,7 +148,7 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, er
 		met.split.Inc()
 	}
 	attrs := []any{"queue_id", s.msg.QueueID, "from", s.msg.From, "rcpts", len(s.msg.To),
-		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", d.Split,
+		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", splitText(d),
 		"trace", traceText(d.Trace), "elapsed", time.Since(s.started)}
 	if s.capped {
 		attrs = append(attrs, "headers_capped", st.MaxHeaderBytes)
@@ -200,6 +201,15 @@ func (s *session) decide() (d sieve.Decision) {
 func (s *session) Abort(gomilter.Modifier) error {
 	s.reset()
 	return nil
+}
+
+// splitText is the log's split value: "true", "false", or "unknown" when
+// split detection stopped early (sieve.Decision.SplitUnknown).
+func splitText(d sieve.Decision) string {
+	if d.SplitUnknown {
+		return "unknown"
+	}
+	return strconv.FormatBool(d.Split)
 }
 
 func oneLine(s string) string {

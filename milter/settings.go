@@ -8,7 +8,7 @@ import (
 
 // Settings are what the milter itself needs to know; serve builds them from
 // the loaded Config and the header key file, tests write them directly.
-// Zero durations and sizes take the defaults below.
+// Zero durations and sizes take the binding file's defaults (config.Default*).
 type Settings struct {
 	// BindingHeader is the header field written at end of message, e.g.
 	// "X-Binding" (Binding_Header).
@@ -26,10 +26,12 @@ type Settings struct {
 	// body (Max_Body_Bytes); the size test still counts every byte.
 	MaxBodyBytes int64
 	// MaxHeaderBytes caps the header bytes (name + value) kept per message
-	// for a policy that reads headers; fields past the cap are counted in
-	// the size but not seen by the policy (logged, counted in
-	// vipmilter_milter_headers_capped_total). Default DefaultMaxHeaderBytes.
-	MaxHeaderBytes int
+	// for a policy that reads headers (Max_Header_Bytes); only fields the
+	// policy reads count. Fields past the cap are counted in the size but
+	// not seen by the policy (logged, counted in
+	// vipmilter_milter_headers_capped_total). Default
+	// config.DefaultMaxHeaderBytes.
+	MaxHeaderBytes int64
 	// OnPolicyError applies to failures the policy could not report itself
 	// (a panic while deciding): "default" writes the fallback binding
 	// config.DefaultBindingName, "tempfail" answers 451. Policy errors the
@@ -41,17 +43,20 @@ type Settings struct {
 	// socketmap records queue id → binding through it. It must not block.
 	Decided func(queueID, binding string)
 
-	// MaxConnections caps concurrent MTA connections; further connections
-	// wait in the listen backlog. Default DefaultMaxConnections.
+	// MaxConnections caps concurrent MTA connections (Max_Connections);
+	// further connections wait in the listen backlog. Default
+	// config.DefaultMaxConnections.
 	MaxConnections int
 	// CommandTimeout is how long the milter waits for the MTA's next
-	// command once negotiated. The MTA paces it by its SMTP client, so it
-	// must exceed the MTA's own SMTP timeouts (Postfix smtpd_timeout 300s,
-	// Sendmail Timeout.command 1h). Default DefaultCommandTimeout.
+	// command once negotiated (Milter_Idle_Timeout). The MTA paces it by
+	// its SMTP client, so it must exceed the MTA's own SMTP timeouts
+	// (Postfix smtpd_timeout 300s, Sendmail Timeout.command 1h). Default
+	// config.DefaultMilterIdleTimeout.
 	CommandTimeout time.Duration
 	// PacketTimeout is how long the rest of a packet may take once its
-	// first byte arrived (Postfix's milter_command_timeout is 30s).
-	// Default DefaultPacketTimeout. The option negotiation itself must
+	// first byte arrived (Milter_Packet_Timeout; Postfix's
+	// milter_command_timeout is 30s). Default
+	// config.DefaultMilterPacketTimeout. The option negotiation itself must
 	// arrive within one second of connecting (go-milter's fixed limit).
 	PacketTimeout time.Duration
 	// SocketMode is the mode of a unix socket Listen creates. Default
@@ -59,18 +64,11 @@ type Settings struct {
 	SocketMode uint32
 }
 
-// Defaults for zero Settings fields.
-const (
-	DefaultMaxHeaderBytes = 256 << 10
-	DefaultMaxConnections = 2048
-	DefaultCommandTimeout = time.Hour
-	DefaultPacketTimeout  = 30 * time.Second
-	// DefaultSocketMode makes the socket connectable by Postfix's smtpd and
-	// cleanup (user "postfix", normally not in vipmilter's group); restrict
-	// access with the mode of the socket's directory (e.g. 0750
-	// root:postfix) instead.
-	DefaultSocketMode = 0o666
-)
+// DefaultSocketMode makes the socket connectable by Postfix's smtpd and
+// cleanup (user "postfix", normally not in vipmilter's group); restrict
+// access with the mode of the socket's directory (e.g. 0750
+// root:postfix) instead.
+const DefaultSocketMode = 0o666
 
 // maxPacketBytes bounds one milter packet from the MTA (length prefix
 // included in neither): both MTAs send body chunks of at most 64 KiB (1 MiB
@@ -87,19 +85,19 @@ func (s Settings) withDefaults() Settings {
 		s.MaxBodyBytes = config.DefaultMaxBodyBytes
 	}
 	if s.MaxHeaderBytes <= 0 {
-		s.MaxHeaderBytes = DefaultMaxHeaderBytes
+		s.MaxHeaderBytes = config.DefaultMaxHeaderBytes
 	}
 	if s.OnPolicyError == "" {
 		s.OnPolicyError = config.PolicyErrorDefault
 	}
 	if s.MaxConnections <= 0 {
-		s.MaxConnections = DefaultMaxConnections
+		s.MaxConnections = config.DefaultMaxConnections
 	}
 	if s.CommandTimeout <= 0 {
-		s.CommandTimeout = DefaultCommandTimeout
+		s.CommandTimeout = config.DefaultMilterIdleTimeout
 	}
 	if s.PacketTimeout <= 0 {
-		s.PacketTimeout = DefaultPacketTimeout
+		s.PacketTimeout = config.DefaultMilterPacketTimeout
 	}
 	if s.SocketMode == 0 {
 		s.SocketMode = DefaultSocketMode

@@ -14,7 +14,8 @@ import (
 
 // decide places the message at the DATA request and returns the action.
 func (s *Server) decide(m *message, r *Request) string {
-	pol := s.pol.Load()
+	cur := s.cur.Load()
+	pol := cur.pol
 	msg := sieve.Message{
 		From:       r.Sender,
 		Auth:       r.SASLUsername,
@@ -32,15 +33,21 @@ func (s *Server) decide(m *message, r *Request) string {
 	// With exactly one accepted recipient Postfix names it at DATA: that
 	// is exact even when a later restriction rejected others we saw.
 	exact := r.RecipientCount == 1 && r.Recipient != ""
-	if exact {
+	// A policy no recipient can change (Needs.Recipients false) is
+	// rendered at DATA only: it decides from this request alone.
+	alone := !pol.Needs().Recipients
+	switch {
+	case exact:
 		msg.To = []string{r.Recipient}
-	} else {
+	case alone && len(m.to) == 0:
+		// Logged and traced without recipients; the decision is the same.
+	default:
 		msg.To = m.to
 	}
 	ctx := context.Background()
 	d := pol.Decide(ctx, &msg)
 	switch {
-	case exact || m.rcpts == r.RecipientCount:
+	case exact || alone || m.rcpts == r.RecipientCount:
 	case m.rcpts < r.RecipientCount:
 		// Recipients were accepted that this connection never heard of:
 		// Postfix reopened the policy connection during the message (its
@@ -62,7 +69,7 @@ func (s *Server) decide(m *message, r *Request) string {
 	case sieve.Tempfail:
 		return "451 4.3.0 binding policy failed, try again later"
 	}
-	return "PREPEND " + s.opts.BindingHeader + ": " + config.BindingHeaderValue(s.opts.BindingHeader, d.Binding, s.opts.HeaderKey)
+	return "PREPEND " + cur.header + ": " + config.BindingHeaderValue(cur.header, d.Binding, cur.key)
 }
 
 // errUncertain is the policy error for a message whose accepted recipients
@@ -146,6 +153,8 @@ func (s *Server) logDecision(msg *sieve.Message, d sieve.Decision) {
 	}
 	if d.Split {
 		attrs = append(attrs, "split", true)
+	} else if d.SplitUnknown {
+		attrs = append(attrs, "split", "unknown")
 	}
 	if len(d.Trace) > 0 {
 		steps := make([]string, len(d.Trace))

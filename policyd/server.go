@@ -44,10 +44,7 @@ const (
 	// normally closes first; a client that is not Postfix cannot hold a
 	// connection forever.
 	DefaultIdleTimeout = 10 * time.Minute
-	// DefaultMaxConns caps concurrent policy connections (one per smtpd
-	// process that asked); further ones wait in the listen backlog.
-	DefaultMaxConns = 1024
-	writeTimeout    = 10 * time.Second
+	writeTimeout       = 10 * time.Second
 )
 
 // SocketMode is the mode of a unix policy socket: smtpd (user postfix)
@@ -67,14 +64,17 @@ type Options struct {
 	// serve passes the host name.
 	Daemon      string
 	IdleTimeout time.Duration // 0: DefaultIdleTimeout
-	MaxConns    int           // 0: DefaultMaxConns
-	Log         *slog.Logger  // nil: slog.Default()
+	// MaxConns caps concurrent policy connections, one per smtpd process
+	// that asked (Max_Connections); further ones wait in the listen
+	// backlog. 0: config.DefaultMaxConnections.
+	MaxConns int
+	Log      *slog.Logger // nil: slog.Default()
 }
 
 // Server answers Postfix policy requests. It is safe for concurrent use;
 // SetPolicy swaps the policy for requests that follow.
 type Server struct {
-	pol  atomic.Pointer[sieve.Policy]
+	cur  atomic.Pointer[current]
 	opts Options
 	log  *slog.Logger
 	conn socket.Server
@@ -85,21 +85,28 @@ func New(pol *sieve.Policy, opts Options) *Server {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
-	if opts.MaxConns <= 0 {
-		opts.MaxConns = DefaultMaxConns
-	}
 	s := &Server{opts: opts, log: opts.Log}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	s.conn = socket.Server{Name: "policy service", Handle: s.ServeConn, MaxConns: opts.MaxConns, Log: s.log}
-	s.pol.Store(pol)
+	s.cur.Store(&current{pol: pol, header: opts.BindingHeader, key: opts.HeaderKey})
 	return s
 }
 
-// SetPolicy replaces the policy; a message whose DATA request comes later
-// is decided by the new one.
-func (s *Server) SetPolicy(pol *sieve.Policy) { s.pol.Store(pol) }
+// current is what a DATA request is answered with; a reload swaps it whole,
+// so no answer pairs a new policy with an old header key.
+type current struct {
+	pol         *sieve.Policy
+	header, key string
+}
+
+// SetPolicy replaces the policy, the binding header's name and its key
+// (Binding_Header, Binding_Header_Key's content, as in Options); a message
+// whose DATA request comes later is decided and answered by the new ones.
+func (s *Server) SetPolicy(pol *sieve.Policy, bindingHeader, headerKey string) {
+	s.cur.Store(&current{pol: pol, header: bindingHeader, key: headerKey})
+}
 
 // AcceptErrors counts failed accepts (for example EMFILE) the server
 // backed off from.

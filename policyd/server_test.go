@@ -1,10 +1,13 @@
 package policyd
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sieve"
 )
 
 const key = "k3y"
@@ -147,5 +150,79 @@ func TestStateBounded(t *testing.T) {
 	s.answer(&m, &r)
 	if len(m.to) != 0 || m.rcpts != 0 || m.instance != "" {
 		t.Fatalf("state after DATA: %+v", m)
+	}
+}
+
+// TestSetPolicy: a reload's policy, header name and key answer the next
+// message on a connection that stays open (smtpd keeps it for
+// policy_time_limit), never a new policy with the old key.
+func TestSetPolicy(t *testing.T) {
+	s := newServer(t, testScript)
+	c := dial(t, s)
+	msg := func(inst string) string {
+		t.Helper()
+		if _, ok := c.ask(req("RCPT", inst, "sender=s@x.test", "recipient=vip@d.test")...); !ok {
+			t.Fatal("connection closed at RCPT")
+		}
+		act, ok := c.ask(req("DATA", inst, "sender=s@x.test", "recipient=vip@d.test", "recipient_count=1")...)
+		if !ok {
+			t.Fatal("connection closed at DATA")
+		}
+		return act
+	}
+	if got := msg("m1"); got != prepend("VIP") {
+		t.Fatalf("before reload: %q, want %q", got, prepend("VIP"))
+	}
+	s.SetPolicy(testPolicy(t, `require ["variables"]; set "binding" "News";`), "X-Route", "n3wk3y")
+	if got, want := msg("m2"), "PREPEND X-Route: "+config.BindingHeaderValue("X-Route", "News", "n3wk3y"); got != want {
+		t.Fatalf("after reload: %q, want %q", got, want)
+	}
+}
+
+// TestDataAlone: a policy no recipient can change (no envelope "to", no
+// sticky group) is rendered at DATA only, and decides from that request
+// whatever the recipient count; one that reads recipients still refuses to
+// guess when it saw none of them.
+func TestDataAlone(t *testing.T) {
+	const conf = `Binding "default" { Bind_Address = 192.0.2.10 }
+Binding "News" { Bind_Address = 192.0.2.11 }
+Binding "VIP" { Bind_Address = 192.0.2.12 }
+Binding_Group "Pool" { Selection = random  Binding "P1" { Bind_Address = 192.0.2.21 } }
+`
+	const senderOnly = `require ["envelope", "variables"];
+if envelope :domain :is "from" "news.test" { set "binding" "News"; stop; }
+`
+	const readsTo = senderOnly + `if envelope :localpart :is "to" "vip" { set "binding" "VIP"; stop; }
+`
+	for _, c := range []struct {
+		name, script string
+		attrs        []string
+		want         string
+	}{
+		{"sender places, three recipients unseen", senderOnly, []string{"sender=a@news.test", "recipient_count=3"}, prepend("News")},
+		{"nothing matches", senderOnly, []string{"sender=a@other.test", "recipient_count=2"}, prepend("default")},
+		{"one recipient named at DATA", senderOnly, []string{"sender=a@news.test", "recipient=r@d.test", "recipient_count=1"}, prepend("News")},
+		{"script reads recipients it never saw", readsTo, []string{"sender=a@other.test", "recipient_count=2"}, "451 4.3.0"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			script := filepath.Join(dir, "policy.sieve")
+			if err := os.WriteFile(script, []byte(c.script), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config.Parse(filepath.Join(dir, "t.conf"), []byte("Sieve_Script = "+quote(script)+"\n"+conf))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol, err := sieve.New(cfg, sieve.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl := dial(t, New(pol, Options{BindingHeader: "X-Binding", HeaderKey: key, Log: quietLog()}))
+			act, ok := cl.ask(req("DATA", "m1", c.attrs...)...)
+			if !ok || !strings.HasPrefix(act, c.want) {
+				t.Errorf("DATA: %q (open %v), want %q", act, ok, c.want)
+			}
+		})
 	}
 }

@@ -2,9 +2,30 @@ package sendmail
 
 import (
 	"fmt"
+	"net/netip"
+	"strings"
 
 	"github.com/vipmilter/vipmilter/config"
 )
+
+// HostsFileFix is the command that makes binding addresses resolve to their
+// EHLO names; the notes below name it.
+const HostsFileFix = "vipmilter provision --hosts-file /etc/hosts"
+
+// ResolvedEHLO reports whether Sendmail can greet with name as the name a
+// bound address resolves to. With ClientPortOptions Modifiers=h Sendmail
+// (8.17 daemon.c, makeconnection and hostnamebyanyaddr) takes the address's
+// name only if it is a name with a dot that does not read as an IPv4
+// address; otherwise, and when the address resolves to no name, it greets
+// with its own host name ($j). So a single-label name, an address literal,
+// __hostname__ and __message__ never come from the address's name.
+func ResolvedEHLO(name string) bool {
+	if !config.ValidHostname(name) || !strings.Contains(name, ".") {
+		return false
+	}
+	_, err := netip.ParseAddr(name)
+	return err != nil
+}
 
 // Limitations lists, one sentence each, what cfg asks for that Sendmail
 // cannot do exactly; "vipmilter check" prints them for a Sendmail host
@@ -17,10 +38,10 @@ func Limitations(cfg *config.Config) []string {
 		switch {
 		case !hasAddr:
 			// Ordinary delivery: Sendmail's own EHLO name.
-		case b.EHLOHostname == config.EHLOHostname || b.EHLOHostname == config.EHLOMessage:
-			add("binding %q: EHLO_Hostname = %s cannot be honoured on Sendmail: it greets with the name %s resolves to (ClientPortOptions Modifiers=h), because Sendmail has one HeloName for all mail", b.Name, b.EHLOHostname, addr)
+		case ResolvedEHLO(b.EHLOHostname):
+			add("binding %q: Sendmail greets with the name %s resolves to, not with EHLO_Hostname itself: make %s resolve to %s (%s writes it into the hosts file, or publish a PTR record), else it greets with that other name, or with its own ($j) when there is none", b.Name, addr, addr, b.EHLOHostname, HostsFileFix)
 		default:
-			add("binding %q: Sendmail greets with the name %s resolves to, not with EHLO_Hostname itself: make %s resolve to %s (PTR record, or the hosts file), or the EHLO name differs", b.Name, addr, addr, b.EHLOHostname)
+			add("binding %q: EHLO_Hostname = %s cannot be honoured on Sendmail as such: it greets with the name %s resolves to (ClientPortOptions Modifiers=h), and with its own name ($j) only when that is no name with a dot, because Sendmail has one HeloName for all mail; give the binding a host name with a dot and run %s", b.Name, b.EHLOHostname, addr, HostsFileFix)
 		}
 		if _, ok := b.Addr4(); ok {
 			if a6, ok := b.Addr6(); ok {

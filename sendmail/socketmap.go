@@ -169,7 +169,7 @@ func NewSocketmapServer(store *Store, log *slog.Logger) *SocketmapServer {
 		log = slog.Default()
 	}
 	s := &SocketmapServer{store: store, log: log}
-	s.conn = socket.Server{Name: "socketmap", Handle: s.serveConn, Log: log}
+	s.conn = socket.Server{Name: "socketmap", Handle: s.serveConn, MaxConns: store.cfg.Load().MaxConnections, Log: log}
 	return s
 }
 

@@ -435,10 +435,17 @@ func (p *Policy) scan(cmds []parser.Cmd) {
 		switch strings.ToLower(t.Id) {
 		case "header", "address", "exists":
 			p.needs.Headers = true
+			p.noteHeaderNames(t)
 		case "size":
 			p.needs.Size = true
 		case "body":
 			p.needs.Body = true
+			if !hasTag(t.Args, "raw") {
+				// :content and :text pick parts by Content-Type
+				// (view.BodyParts).
+				p.needs.Headers = true
+				p.noteHeader("Content-Type")
+			}
 		case "environment":
 			// Any string naming the HELO item, or a variable that could
 			// expand to it.
@@ -485,6 +492,67 @@ func (p *Policy) scan(cmds []parser.Cmd) {
 		}
 	}
 	walk(cmds)
+}
+
+// noteHeaderNames records the field names a header, address or exists
+// test reads: its first positional argument (RFC 5228 §5.1, §5.5, §5.7).
+// A name built from a variable or an encoded character ("${...}") could be
+// any field, so the policy then reads them all.
+func (p *Policy) noteHeaderNames(t parser.Test) {
+	pos := positional(t.Args)
+	if len(pos) == 0 {
+		p.allHeaders = true // go-sieve refuses this at load; stay safe
+		return
+	}
+	for _, name := range argStrings(pos[0]) {
+		if strings.Contains(name, "${") {
+			p.allHeaders = true
+		}
+		p.noteHeader(name)
+	}
+}
+
+func (p *Policy) noteHeader(name string) {
+	if p.headers == nil {
+		p.headers = map[string]bool{}
+	}
+	p.headers[strings.ToLower(name)] = true
+}
+
+// valueTags are the match tags that take a string argument (go-sieve's
+// matcher spec: RFC 5228 :comparator, RFC 5231 :value and :count) and
+// body's :content (RFC 5173 §5); every other tag stands alone.
+var valueTags = map[string]bool{"comparator": true, "value": true, "count": true, "content": true}
+
+// positional returns a test's string arguments that are not the value of
+// a tag, in order.
+func positional(args []parser.Arg) []parser.Arg {
+	var out []parser.Arg
+	skip := false
+	for _, a := range args {
+		if tag, ok := a.(parser.TagArg); ok {
+			skip = valueTags[strings.ToLower(tag.Value)]
+			continue
+		}
+		if skip {
+			skip = false
+			continue
+		}
+		if argStrings(a) != nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// hasTag reports whether args hold the tag :name.
+func hasTag(args []parser.Arg, name string) bool {
+	for _, a := range args {
+		if tag, ok := a.(parser.TagArg); ok && strings.EqualFold(tag.Value, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // argStrings returns the strings of a string or string-list argument.

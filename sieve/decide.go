@@ -18,6 +18,14 @@ import (
 // recipient list while the answer (split or not) is usually known.
 const MaxSplitRecipients = 50
 
+// MaxSplitBodyBytes bounds the body bytes the script may read again while
+// split detection re-runs it per recipient: a script that tests the body
+// with a key built from a variable reads the whole body on every run
+// (about 19 ms per MiB here), so a 1 MiB body gets 4 re-runs, a 20 KiB
+// body all of MaxSplitRecipients. Body tests with constant keys are
+// evaluated once per message and cost nothing here (bodyOnce).
+const MaxSplitBodyBytes = 4 << 20
+
 // Reason says which rule decided.
 type Reason string
 
@@ -74,6 +82,13 @@ type Decision struct {
 	// a sticky group for another recipient domain); the message leaves by
 	// its first recipient's.
 	Split bool
+	// SplitUnknown is true when split detection stopped before placing
+	// every recipient (MaxSplitRecipients distinct recipients, or
+	// MaxSplitBodyBytes of body read again) without finding a split: Split
+	// is then false for want of an answer, not because none would differ.
+	// The decision itself (the first recipient's) is exact either way; the
+	// trace's "recipients" step says where detection stopped.
+	SplitUnknown bool
 	// Unavailable counts group members passed over because their address
 	// was not on the host.
 	Unavailable int
@@ -81,20 +96,22 @@ type Decision struct {
 }
 
 // MarshalJSON gives a Decision as one object: binding, group, reason,
-// action ("accept", "reject", "tempfail"), reject, split, unavailable,
-// error (text) and trace; Elapsed is left out.
+// action ("accept", "reject", "tempfail"), reject, split,
+// split_unknown (only when true), unavailable, error (text) and trace;
+// Elapsed is left out.
 func (d Decision) MarshalJSON() ([]byte, error) {
 	out := struct {
-		Binding     string `json:"binding"`
-		Group       string `json:"group,omitempty"`
-		Reason      Reason `json:"reason"`
-		Action      string `json:"action"`
-		Reject      string `json:"reject,omitempty"`
-		Split       bool   `json:"split"`
-		Unavailable int    `json:"unavailable,omitempty"`
-		Error       string `json:"error,omitempty"`
-		Trace       []Step `json:"trace"`
-	}{d.Binding, d.Group, d.Reason, d.Action.String(), d.RejectText, d.Split, d.Unavailable, "", d.Trace}
+		Binding      string `json:"binding"`
+		Group        string `json:"group,omitempty"`
+		Reason       Reason `json:"reason"`
+		Action       string `json:"action"`
+		Reject       string `json:"reject,omitempty"`
+		Split        bool   `json:"split"`
+		SplitUnknown bool   `json:"split_unknown,omitempty"`
+		Unavailable  int    `json:"unavailable,omitempty"`
+		Error        string `json:"error,omitempty"`
+		Trace        []Step `json:"trace"`
+	}{d.Binding, d.Group, d.Reason, d.Action.String(), d.RejectText, d.Split, d.SplitUnknown, d.Unavailable, "", d.Trace}
 	if d.Err != nil {
 		out.Error = d.Err.Error()
 	}
@@ -123,9 +140,13 @@ func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
 		first = m.To[0]
 	}
 	var out outcome
+	var body *bodyResults
+	if len(p.bodyTests) > 0 {
+		body = &bodyResults{}
+	}
 	if p.script != nil {
 		var err error
-		out, err = p.run(ctx, m, first)
+		out, err = p.run(ctx, m, first, body)
 		if err != nil {
 			return p.policyError(d, fmt.Errorf("sieve script: %w", err))
 		}
@@ -145,8 +166,9 @@ func (p *Policy) decide(ctx context.Context, m *Message) (d Decision) {
 			if d.Reason == ReasonPolicyError {
 				return
 			}
-			if step, split := p.splitCheck(ctx, m, out.value); split {
-				d.Split = true
+			step, split, unknown := p.splitCheck(ctx, m, out.value, body)
+			if split || unknown {
+				d.Split, d.SplitUnknown = split, unknown
 				d.Trace = append(d.Trace, step)
 			}
 		}()
@@ -214,37 +236,50 @@ func (p *Policy) policyError(d Decision, err error) Decision {
 // splitCheck places every other distinct recipient as if it came first
 // and reports the first one that would leave from another binding: the
 // script is run again for it when the script can read envelope "to", and
-// a sticky group picks its member by that recipient's domain.
-func (p *Policy) splitCheck(ctx context.Context, m *Message, value string) (Step, bool) {
+// a sticky group picks its member by that recipient's domain. unknown is
+// true when it stopped (MaxSplitRecipients, MaxSplitBodyBytes) before
+// placing every recipient without finding one; step then says where.
+func (p *Policy) splitCheck(ctx context.Context, m *Message, value string, body *bodyResults) (step Step, split, unknown bool) {
 	// Only the script (when it reads "to") and sticky groups depend on
 	// the recipient; anything else places every recipient alike.
 	if !p.readsTo && !p.sticky(value, m.From) {
-		return Step{}, false
+		return Step{}, false, false
+	}
+	// Re-runs that may read the whole body again are counted against
+	// MaxSplitBodyBytes.
+	runs := MaxSplitRecipients
+	if p.readsTo && p.bodyEveryRun && len(m.Body) > 0 {
+		runs = MaxSplitBodyBytes / len(m.Body)
 	}
 	want := p.placement(value, m.From, m.To[0])
 	seen := map[string]struct{}{p.recipientKey(m.To[0]): {}}
-	for _, rcpt := range m.To[1:] {
-		if len(seen) >= MaxSplitRecipients {
-			break
-		}
+	for i, rcpt := range m.To[1:] {
 		k := p.recipientKey(rcpt)
 		if _, ok := seen[k]; ok {
 			continue
 		}
+		if len(seen) >= MaxSplitRecipients || (p.readsTo && len(seen)-1 >= runs) {
+			why := fmt.Sprintf("MaxSplitRecipients, %d distinct recipients", MaxSplitRecipients)
+			if len(seen) < MaxSplitRecipients {
+				why = fmt.Sprintf("MaxSplitBodyBytes: %d runs of the script over a %d-byte body", runs, len(m.Body))
+			}
+			return Step{Rule: "recipients", Detail: fmt.Sprintf("split unknown: detection stopped at recipient %d of %d (%s); the first %d distinct recipients get %s, as the message does",
+				i+2, len(m.To), why, len(seen), want)}, false, true
+		}
 		seen[k] = struct{}{}
 		v := value
 		if p.readsTo {
-			out, err := p.run(ctx, m, rcpt)
+			out, err := p.run(ctx, m, rcpt, body)
 			if err != nil || out.reject {
 				continue
 			}
 			v = out.value
 		}
 		if got := p.placement(v, m.From, rcpt); got != want {
-			return Step{Rule: "recipients", Detail: fmt.Sprintf("%s would get %s, not %s; the message leaves by its first recipient's", rcpt, got, want)}, true
+			return Step{Rule: "recipients", Detail: fmt.Sprintf("%s would get %s, not %s; the message leaves by its first recipient's", rcpt, got, want)}, true, false
 		}
 	}
-	return Step{}, false
+	return Step{}, false, false
 }
 
 // recipientKey identifies the recipients split detection must place apart:
@@ -305,18 +340,23 @@ func (p *Policy) placement(value, from, rcpt string) string {
 	return rendezvous(live, domainOf(rcpt)).Name
 }
 
-// run executes the script once with to as envelope "to".
-func (p *Policy) run(ctx context.Context, m *Message, to string) (out outcome, err error) {
+// run executes the script once with to as envelope "to"; body holds the
+// message's body test results across runs (nil: the script has none
+// evaluated once).
+func (p *Policy) run(ctx context.Context, m *Message, to string, body *bodyResults) (out outcome, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("script panicked: %v", r)
 		}
 	}()
-	v := &view{m: m, to: to, p: p}
+	v := &view{m: m, to: to, p: p, ctx: ctx, body: body}
 	rd := interp.NewRuntimeData(p.script, noRedirect{}, v, v)
 	rd.Env = v
 	if err := p.script.Execute(ctx, rd); err != nil {
 		return out, err
+	}
+	if body != nil && body.err != nil {
+		return out, body.err
 	}
 	for _, a := range rd.AppliedActions {
 		switch a := a.(type) {

@@ -261,6 +261,8 @@ type view struct {
 	to      string
 	p       *Policy
 	decoded map[string][]string // decoded header values, filled on first use
+	ctx     context.Context
+	body    *bodyResults // shared by the runs for one message; nil without body tests
 }
 
 func (v *view) EnvelopeFrom() string { return envelopeAddress(v.m.From) }
@@ -333,7 +335,11 @@ var environment = map[string]func(v *view) string{
 }
 
 func (v *view) GetEnvironment(name string) (string, bool) {
-	item, ok := environment[strings.ToLower(name)]
+	name = strings.ToLower(name)
+	if strings.HasPrefix(name, bodyItem) {
+		return v.bodyTest(name)
+	}
+	item, ok := environment[name]
 	if !ok {
 		return "", false
 	}

@@ -7,7 +7,8 @@
 //
 // Files: compile.go loads and checks a script, decide.go turns a script
 // run into a Decision, group.go holds the group selection algorithms,
-// message.go the view of a message the script reads.
+// message.go the view of a message the script reads; literal.go and
+// bodyonce.go build the cheaper copies of a script that actually run.
 package sieve
 
 import (
@@ -41,27 +42,44 @@ type Liveness interface {
 // Needs tells the milter which stages the policy reads, so it can opt out
 // of the rest.
 type Needs struct {
-	Headers bool // the script tests headers (header, address, exists, ...)
+	Headers bool // the script tests headers (header, address, exists) or picks body parts by Content-Type
 	Body    bool // the script requires "body"
 	Size    bool // the script uses the size test (the milter must count the message)
 	Helo    bool // the script may read environment "vnd.vipmilter.helo" (the milter asks for HELO)
+	// Recipients: the decision can depend on a recipient, so every one
+	// must be known: the script may read envelope "to", or a sticky
+	// Binding_Group picks its member by the first recipient's domain. The
+	// policy hook then asks at every RCPT as well as at DATA; otherwise
+	// the DATA request alone carries all the policy reads.
+	Recipients bool
 }
 
 // Policy is a loaded binding file plus its compiled script. It is safe for
 // concurrent use; a reload builds a new Policy.
 type Policy struct {
-	cfg      *config.Config
-	opts     Options
-	log      *slog.Logger
-	script   *interp.Script // nil without a script
-	needs    Needs
-	readsTo  bool           // the script may read envelope "to"; recipients are re-run
-	setLines map[string]int // literal ${binding} value -> line of its only set, 0 if ambiguous
-	host     string
-	domain   string
-	version  string
-	counters map[string]*atomic.Uint64 // round_robin position per group
-	missing  atomic.Uint64             // members skipped for a missing address (tests read it)
+	cfg     *config.Config
+	opts    Options
+	log     *slog.Logger
+	script  *interp.Script // nil without a script
+	needs   Needs
+	readsTo bool // the script may read envelope "to"; recipients are re-run
+	// bodyEveryRun: a body test is evaluated on every run of the script
+	// (its keys hold a variable), so split detection's re-runs read the
+	// body again (MaxSplitBodyBytes).
+	bodyEveryRun bool
+	// bodyTests evaluate the script's constant body tests once per
+	// message (bodyonce.go); item N of bodyItem is bodyTests[N].
+	bodyTests []*interp.Script
+	// headers holds the lower-cased field names the script can read;
+	// allHeaders is set when a name is not known before the run.
+	headers    map[string]bool
+	allHeaders bool
+	setLines   map[string]int // literal ${binding} value -> line of its only set, 0 if ambiguous
+	host       string
+	domain     string
+	version    string
+	counters   map[string]*atomic.Uint64 // round_robin position per group
+	missing    atomic.Uint64             // members skipped for a missing address (tests read it)
 
 	// flagBinding: script is the flag-based copy (literal.go), and the
 	// binding is read from the flags instead of the variable.
@@ -82,6 +100,9 @@ func New(cfg *config.Config, opts Options) (*Policy, error) {
 	}
 	for _, g := range cfg.Groups {
 		p.counters[g.Name] = new(atomic.Uint64)
+		if g.Selection == config.SelectSticky {
+			p.needs.Recipients = true
+		}
 	}
 	p.host, _ = os.Hostname()
 	if _, d, ok := strings.Cut(p.host, "."); ok {
@@ -100,6 +121,16 @@ func New(cfg *config.Config, opts Options) (*Policy, error) {
 	}
 	p.script = script
 	p.scan(cmds)
+	p.needs.Recipients = p.needs.Recipients || p.readsTo
+	if run, tests, everyRun := bodyOnce(cmds, loadOptions()); tests != nil {
+		if s, err := interp.LoadScript(run, loadOptions()); err == nil {
+			p.script, p.bodyTests, p.bodyEveryRun, cmds = s, tests, everyRun, run
+		} else {
+			p.bodyEveryRun = true
+		}
+	} else {
+		p.bodyEveryRun = everyRun
+	}
 	if fast := literalBindingScript(src, cmds, loadOptions()); fast != nil {
 		p.script, p.flagBinding = fast, true
 	}
@@ -120,3 +151,18 @@ func (p *Policy) Config() *config.Config { return p.cfg }
 
 // Needs reports which message stages the policy reads.
 func (p *Policy) Needs() Needs { return p.needs }
+
+// ReadsHeader reports whether the policy can read the header field name
+// (an RFC 5322 field name, any letter case): a header, address or exists
+// test names it, or a body test that picks parts by type reads
+// Content-Type. Match_Domain, group selection and EHLO_Hostname =
+// __message__ read only the envelope. It is true for every name when a
+// test names its fields through a variable, and false for every name when
+// the policy reads no headers (Needs.Headers). The milter keeps only the
+// fields it reports.
+func (p *Policy) ReadsHeader(name string) bool {
+	if !p.needs.Headers {
+		return false
+	}
+	return p.allHeaders || p.headers[strings.ToLower(name)]
+}

@@ -364,7 +364,8 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "variable value checked at run time", script: req + `set "x" "Nope"; set "binding" "${x}";`},
 		{name: "addflag allowed", script: `require "imap4flags"; addflag "x";`},
 		{name: "headers", script: req + `if address :domain "From" "x" { keep; }`, want: Needs{Headers: true}},
-		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true}},
+		{name: "body", script: req + `if body :contains "x" { keep; }`, want: Needs{Body: true, Headers: true}}, // :text picks parts by Content-Type
+		{name: "raw body", script: req + `if body :raw :contains "x" { keep; }`, want: Needs{Body: true}},
 		{name: "size", script: req + `if size :over 10 { keep; }`, want: Needs{Size: true}},
 		{name: "envelope only", script: req + `if envelope "from" "x" { keep; }`, want: Needs{}},
 		{name: "envelope to", script: req + `if anyof(false, envelope "to" "x") { keep; }`, readsTo: true},
@@ -381,13 +382,15 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// testConfig's sticky group G picks by recipient domain.
+			tt.want.Recipients = true
 			if p.Needs() != tt.want || p.readsTo != tt.readsTo {
 				t.Errorf("needs %+v readsTo %v, want %+v %v", p.Needs(), p.readsTo, tt.want, tt.readsTo)
 			}
 		})
 	}
 	p, err := New(testConfig(t, "", true, config.PolicyErrorDefault), Options{})
-	if err != nil || p.Needs() != (Needs{}) {
+	if err != nil || p.Needs() != (Needs{Recipients: true}) {
 		t.Errorf("no script: %v %+v", err, p)
 	}
 	cfg := testConfig(t, "", true, config.PolicyErrorDefault)
@@ -440,5 +443,197 @@ func TestLogsThroughOptionsLog(t *testing.T) {
 	var line struct{ Msg, Group string }
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line.Msg != "group members skipped" || line.Group != "G" {
 		t.Errorf("log %q (%v), want one JSON line about group G", buf.String(), err)
+	}
+}
+
+// TestReadsHeader: the policy names the header fields its script can read,
+// so the milter can drop the others; a name it cannot know before the run
+// means every field.
+func TestReadsHeader(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+		reads  []string // answered true, in any letter case
+		skips  []string // answered false
+	}{
+		{"no script", "", nil, []string{"Subject", "From", "Content-Type"}},
+		{"envelope only", req + `if envelope :domain "from" "x.example" { set "binding" "B"; }`, nil, []string{"From", "To", "Subject"}},
+		{"header", req + `if header :contains "Subject" "x" { set "binding" "B"; }`, []string{"Subject", "subject", "SUBJECT"}, []string{"From", "Received", "X-Subject", "Content-Type"}},
+		{"header list", req + `if header :is ["X-Tag", "List-Id"] "x" { keep; }`, []string{"x-tag", "List-ID"}, []string{"Subject"}},
+		{"comparator value is no field", req + `if header :comparator "i;octet" :is "X-Tag" "x" { keep; }`, []string{"X-Tag"}, []string{"i;octet", "x"}},
+		{"relational value is no field", req + `if header :count "ge" :comparator "i;ascii-numeric" "Received" "3" { keep; }`, []string{"Received"}, []string{"ge", "3"}},
+		{"keys are no fields", req + `if header :is "X-Tag" "Subject" { keep; }`, []string{"X-Tag"}, []string{"Subject"}},
+		{"address", req + `if address :domain :is ["From", "Sender"] "x.example" { keep; }`, []string{"From", "Sender"}, []string{"To"}},
+		{"exists", req + `if exists "List-Unsubscribe" { keep; }`, []string{"List-Unsubscribe"}, []string{"Subject"}},
+		{"nested in anyof and not", req + `if anyof(not header :is "A" "1", exists "B") { keep; }`, []string{"A", "B"}, []string{"C"}},
+		{"body by type reads Content-Type", req + `if body :content "text" :contains "x" { keep; }`, []string{"Content-Type"}, []string{"Subject"}},
+		{"raw body reads no field", req + `if body :raw :contains "x" { keep; }`, nil, []string{"Content-Type"}},
+		{"variable name reads all", req + `set "h" "Subject"; if header :is "${h}" "x" { keep; }`, []string{"Subject", "Anything"}, nil},
+		{"encoded character reads all", `require ["encoded-character"]; if exists "${hex:41}" { keep; }`, []string{"A", "Anything"}, nil},
+		{"variable key reads only the name", req + `set "k" "x"; if header :is "X-Tag" "${k}" { keep; }`, []string{"X-Tag"}, []string{"Subject"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := New(testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range tt.reads {
+				if !p.ReadsHeader(h) {
+					t.Errorf("ReadsHeader(%q) = false, want true", h)
+				}
+			}
+			for _, h := range tt.skips {
+				if p.ReadsHeader(h) {
+					t.Errorf("ReadsHeader(%q) = true, want false", h)
+				}
+			}
+		})
+	}
+}
+
+// TestSplitBound: split detection re-runs the script per distinct
+// recipient, within MaxSplitRecipients and, for body tests that must be
+// evaluated on every run, MaxSplitBodyBytes; body tests with constant keys
+// are evaluated once per message and do not limit it. Where it stops
+// without an answer the decision is still the first recipient's, Split is
+// false and SplitUnknown true, and the trace says why.
+func TestSplitBound(t *testing.T) {
+	const constBody = req + `if body :contains "PROMO" { set "binding" "C"; stop; }
+if envelope :domain :is "to" "b.example" { set "binding" "B"; }`
+	const varBody = req + `set "k" "PROMO";
+if body :contains "${k}" { set "binding" "C"; stop; }
+if envelope :domain :is "to" "b.example" { set "binding" "B"; }`
+	const envOnly = req + `if envelope :domain :is "to" "b.example" { set "binding" "B"; }`
+	big := bytes.Repeat([]byte("0123456789abcdef\r\n"), (1<<20)/18)
+	promo := append(bytes.Clone(big), "PROMO\r\n"...)
+	small := []byte("hello\r\n")
+	// rcpts returns n recipients in distinct domains, b.example at index
+	// at (none when at < 0).
+	rcpts := func(n, at int) []string {
+		var to []string
+		for i := range n {
+			to = append(to, fmt.Sprintf("r@d%d.example", i))
+		}
+		if at >= 0 {
+			to[at] = "r@b.example"
+		}
+		return to
+	}
+	runs := MaxSplitBodyBytes / len(big) // re-runs the budget allows
+	tests := []struct {
+		name           string
+		script         string
+		body           []byte
+		to             []string
+		binding        string
+		split, unknown bool
+		trace          string
+	}{
+		{"constant body test: every recipient placed", constBody, big, rcpts(50, -1), "default", false, false, ""},
+		{"constant body test: split found at the last", constBody, big, rcpts(50, 49), "default", true, false, "r@b.example would get B"},
+		{"variable body key: split within the budget", varBody, big, rcpts(50, runs), "default", true, false, "r@b.example would get B"},
+		{"variable body key: cut by the body budget", varBody, big, rcpts(50, runs+1), "default", false, true, "MaxSplitBodyBytes: 4 runs"},
+		{"variable body key: first recipient's match decides", varBody, promo, rcpts(50, -1), "C", false, true, "get C, as the message does"},
+		{"variable body key, small body: every recipient placed", varBody, small, rcpts(50, 49), "default", true, false, "r@b.example would get B"},
+		{"envelope only: cut by MaxSplitRecipients", envOnly, nil, rcpts(60, 55), "default", false, true, "MaxSplitRecipients, 50 distinct recipients"},
+		{"envelope only: repeats are no new recipients", envOnly, nil, append(rcpts(50, -1), "r@d1.example", "r@D2.example"), "default", false, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustPolicy(t, testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
+			d := p.Decide(context.Background(), &Message{From: "s@x.example", To: tt.to, Body: tt.body})
+			if d.Binding != tt.binding || d.Split != tt.split || d.SplitUnknown != tt.unknown {
+				t.Errorf("binding %s split %v unknown %v, want %s %v %v\ntrace %+v", d.Binding, d.Split, d.SplitUnknown, tt.binding, tt.split, tt.unknown, d.Trace)
+			}
+			last := ""
+			if len(d.Trace) > 0 {
+				last = d.Trace[len(d.Trace)-1].Detail
+			}
+			if tt.trace != "" && !strings.Contains(last, tt.trace) {
+				t.Errorf("last step %q, want it to say %q", last, tt.trace)
+			}
+			js, err := json.Marshal(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(string(js), `"split_unknown":true`); got != tt.unknown {
+				t.Errorf("JSON %s: split_unknown shown %v, want %v", js, got, tt.unknown)
+			}
+		})
+	}
+}
+
+// TestBodyOnce: a script whose body tests have constant keys runs with each
+// test evaluated once per message, and decides as the script written; a
+// key with a variable keeps its test in the script.
+func TestBodyOnce(t *testing.T) {
+	tests := []struct {
+		name     string
+		script   string
+		once     int  // body tests evaluated once per message
+		everyRun bool // a body test left in the script
+		body     string
+		ctype    string
+		wantBind string
+	}{
+		{"match", req + `if body :contains "PROMO" { set "binding" "C"; }`, 1, false, "buy PROMO now", "", "C"},
+		{"no match", req + `if body :contains "PROMO" { set "binding" "C"; }`, 1, false, "nothing", "", "default"},
+		{"in not and anyof", req + `if anyof(not body :contains "x", false) { set "binding" "C"; }`, 1, false, "x", "", "default"},
+		{"two tests, second decides", req + `if body :is "no" { set "binding" "B"; } elsif body :matches "*PRO?O*" { set "binding" "C"; }`, 2, false, "a PROMO b", "", "C"},
+		{"content type still read", req + `if body :content "text/html" :contains "PROMO" { set "binding" "C"; }`, 1, false, "PROMO", "text/html; charset=utf-8", "C"},
+		{"content type differs", req + `if body :content "text/html" :contains "PROMO" { set "binding" "C"; }`, 1, false, "PROMO", "text/plain", "default"},
+		{"without require environment", `require ["body", "variables"]; if body :contains "PROMO" { set "binding" "C"; }`, 1, false, "PROMO", "", "C"},
+		{"variable key stays", req + `set "k" "PROMO"; if body :contains "${k}" { set "binding" "C"; }`, 0, true, "PROMO", "", "C"},
+		{"mixed", req + `set "k" "PROMO"; if body :contains "${k}" { set "binding" "C"; } if body :contains "zzz" { set "binding" "B"; }`, 1, true, "PROMO zzz", "", "B"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustPolicy(t, testConfig(t, tt.script, true, config.PolicyErrorDefault), Options{})
+			if len(p.bodyTests) != tt.once || p.bodyEveryRun != tt.everyRun {
+				t.Errorf("%d tests once, every run %v; want %d, %v", len(p.bodyTests), p.bodyEveryRun, tt.once, tt.everyRun)
+			}
+			m := &Message{From: "s@x.example", To: []string{"r@y.example"}, Body: []byte(tt.body)}
+			if tt.ctype != "" {
+				m.AddHeader("Content-Type", tt.ctype)
+			}
+			if d := p.Decide(context.Background(), m); d.Binding != tt.wantBind || d.Err != nil {
+				t.Errorf("binding %s (err %v), want %s; trace %+v", d.Binding, d.Err, tt.wantBind, d.Trace)
+			}
+		})
+	}
+}
+
+// TestNeedsRecipients: recipients matter when the script may read envelope
+// "to" or a sticky group exists (it picks by recipient domain); otherwise
+// the policy service is asked at DATA alone.
+func TestNeedsRecipients(t *testing.T) {
+	const plain = `Binding "default" { Bind_Address = 192.0.2.1 }
+Binding "B" { Bind_Address = 192.0.2.3 }
+Binding_Group "R" { Selection = random  Binding "R1" { Bind_Address = 192.0.2.5 } }
+`
+	const sticky = plain + `Binding_Group "S" { Binding "S1" { Bind_Address = 192.0.2.6 } }
+`
+	for _, c := range []struct {
+		name, bindings, script string
+		want                   bool
+	}{
+		{"sender only", plain, req + `if envelope :domain "from" "x.example" { set "binding" "B"; }`, false},
+		{"no script", plain, "", false},
+		{"envelope to", plain, req + `if envelope :domain "to" "x.example" { set "binding" "B"; }`, true},
+		{"envelope part from a variable", plain, req + `set "p" "to"; if envelope :domain "${p}" "x.example" { set "binding" "B"; }`, true},
+		{"random group", plain, req + `set "binding" "R";`, false},
+		{"sticky group (the default selection)", sticky, req + `if envelope :domain "from" "x.example" { set "binding" "B"; }`, true},
+		{"sticky group, no script", sticky, "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := New(loadConfig(t, c.bindings, c.script), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Needs().Recipients; got != c.want {
+				t.Errorf("Needs().Recipients = %v, want %v", got, c.want)
+			}
+		})
 	}
 }

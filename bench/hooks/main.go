@@ -7,7 +7,7 @@
 //
 //	no milter               Postfix alone (the baseline of every ratio)
 //	floor milter unix|inet  minimal C libmilter milter, built here from Debian's
-//	                        libmilter-dev (floormilter/c/floor-milter.c): every stage off but
+//	                        libmilter-dev (bench/internal/floormilter): every stage off but
 //	                        end of message, adds one header; TCP_NODELAY
 //	vipmilter 50 rules unix|inet
 //	                        vipmilter serve with 50 header tests in Sieve (the
@@ -15,14 +15,20 @@
 //	vipmilter Match_Domain  a binding file without a script: no per-message hook,
 //	                        Postfix routes with sender_dependent_default_transport_maps
 //	vipmilter policy unix|inet
-//	                        SLOT for the SMTPD policy-service hook (issue 11), run
-//	                        when "vipmilter serve" answers on Policy_Listen
+//	                        an envelope-only script of 50 envelope tests: Hook = auto
+//	                        chooses the SMTPD policy service (check_policy_service,
+//	                        "vipmilter serve" on Policy_Listen), no smtpd milter
+//
+// Before measuring a vipmilter variant it checks that "vipmilter postfix"
+// rendered the hook the variant measures, and after the burst that serve
+// logged a decision on that hook, placing the sender, for every message.
 //
 // For every burst it reads, from /proc/<pid>/stat and /proc/stat, the CPU of
 // Postfix's master and all its descendants, of the milter, of the
 // benchmark's own processes and of the whole machine. A burst where other
 // processes used more than -max-other of the machine is dropped from the
-// figures (its share is still printed). Per variant it reports
+// figures (its share is still printed), unless some variant has no burst
+// under it: then every burst of every variant counts. Per variant it reports
 // throughput and its ratio to the same round's "no milter" burst (and for
 // vipmilter on the milter hook, to the same round's floor milter on the
 // same socket kind), Postfix's own CPU per 1,000 messages and the milter's
@@ -33,7 +39,8 @@
 //
 // Run as root from the module root:
 //
-//	go run ./bench/hooks [-n 1000] [-rounds 3] [-sessions 8] [-max-other 0.10] [-only floor]
+//	go run ./bench/hooks [-n 1000] [-rounds 3] [-sessions 8] [-max-other 0.10] [-only floor] [-chroot]
+//	go run ./bench/hooks -from-log run.log [-max-other 0.25]   # the report of an earlier run, from its stderr
 package main
 
 import (
@@ -50,7 +57,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vipmilter/vipmilter/bench/hooks/floormilter"
+	"github.com/vipmilter/vipmilter/bench/internal/floormilter"
+	"github.com/vipmilter/vipmilter/bench/internal/mailpath"
 	"github.com/vipmilter/vipmilter/e2e"
 	"github.com/vipmilter/vipmilter/internal/testenv"
 )
@@ -67,6 +75,8 @@ type opts struct {
 	n, rounds, sessions, warmup int
 	maxOther                    float64
 	only                        string
+	chroot                      bool
+	fromLog                     string
 }
 
 func run() error {
@@ -77,21 +87,21 @@ func run() error {
 	flag.IntVar(&o.warmup, "warmup", 50, "messages sent after each variant's setup, before the measured burst")
 	flag.Float64Var(&o.maxOther, "max-other", 0.10, "drop a burst when processes outside the benchmark used more than this share of the machine's CPU")
 	flag.StringVar(&o.only, "only", "", "run only the variants whose name contains this (and \"no milter\")")
+	flag.BoolVar(&o.chroot, "chroot", false, "run smtpd and cleanup chrooted in the queue directory (Debian's master.cf does); the unix sockets then live under it")
+	flag.StringVar(&o.fromLog, "from-log", "", "print the report of an earlier run from its log (stderr) instead of running; -max-other applies")
 	flag.Parse()
-	if os.Geteuid() != 0 {
-		return errors.New("run as root (network namespaces, private Postfix)")
+	if o.fromLog != "" {
+		return reportLog(o)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
 
-	dir, err := os.MkdirTemp("", "vipmilter-hooks-")
+	mp, err := mailpath.New(ctx, "vipmilter-hooks-", defaultAddr, exampleAddr)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
+	defer mp.Close()
+	dir, netw, pf := mp.Dir, mp.Net, mp.Postfix
 	floor, err := floormilter.Build(ctx, dir)
 	if err != nil {
 		return err
@@ -100,26 +110,6 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	netw, err := e2e.NewNetwork(ctx)
-	if err != nil {
-		return err
-	}
-	defer netw.Close()
-	sink, err := testenv.StartSink(ctx, netw.Sink, e2e.SinkAddr4+":25", "")
-	if err != nil {
-		return err
-	}
-	defer sink.Stop()
-	for _, a := range []string{defaultAddr, exampleAddr} {
-		if err := netw.AddAddress(ctx, a); err != nil {
-			return err
-		}
-	}
-	pf, err := e2e.NewPostfix(ctx, filepath.Join(dir, "postfix"), netw.MTA)
-	if err != nil {
-		return err
-	}
-	defer pf.Stop()
 	var nsInodes []uint64
 	for _, ns := range []*testenv.NS{netw.MTA, netw.Sink} {
 		ino, err := nsInode(ns.Name)
@@ -128,12 +118,17 @@ func run() error {
 		}
 		nsInodes = append(nsInodes, ino)
 	}
-	b := &bench{o: o, dir: dir, floor: floor, bin: bin, netw: netw, pf: pf, ns: nsInodes, log: log}
+	b := &bench{o: o, dir: dir, floor: floor, bin: bin, netw: netw, pf: pf, ns: nsInodes, log: log, sockDir: dir}
+	if o.chroot {
+		if err := b.chrootSMTPD(ctx); err != nil {
+			return err
+		}
+	}
 	if b.pristine, err = readConfig(pf.Dir); err != nil {
 		return err
 	}
 
-	vs := variants(dir)
+	vs := variants(b.sockDir)
 	if o.only != "" {
 		vs = slices.DeleteFunc(vs, func(v variant) bool { return v.kind != kindNone && !strings.Contains(v.name, o.only) })
 	}
@@ -164,18 +159,30 @@ func run() error {
 			bursts = append(bursts, res)
 		}
 	}
-	fmt.Printf("bench/hooks: -n %d -rounds %d -sessions %d, 1 KiB, one message per connection; %s\n", o.n, o.rounds, o.sessions, env)
+	fmt.Printf("bench/hooks %s: -n %d -rounds %d -sessions %d -warmup %d -chroot=%t, 1 KiB, one message per connection; %s\n",
+		strings.Join(os.Args[1:], " "), o.n, o.rounds, o.sessions, o.warmup, o.chroot, env)
 	report(os.Stdout, vs, bursts, o.maxOther)
-	for _, v := range vs {
-		if n, ok := b.notes[v.name]; ok {
-			fmt.Printf("note: %s: %s\n", v.name, n)
-		}
-	}
 	for _, v := range vs {
 		if why, ok := skipped[v.name]; ok {
 			fmt.Printf("not run: %s: %s\n", v.name, why)
 		}
 	}
+	return nil
+}
+
+// reportLog prints the report of the run logged in o.fromLog.
+func reportLog(o opts) error {
+	f, err := os.Open(o.fromLog)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bursts, n, err := readLog(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.fromLog, err)
+	}
+	fmt.Printf("bench/hooks %s: %d bursts from the log (the last run's: %d messages each)\n", strings.Join(os.Args[1:], " "), len(bursts), n)
+	report(os.Stdout, variants(""), bursts, o.maxOther)
 	return nil
 }
 
@@ -189,8 +196,8 @@ type bench struct {
 	pf       *testenv.Postfix
 	ns       []uint64
 	log      *slog.Logger
-	pristine map[string][]byte            // main.cf and master.cf as the harness wrote them
-	notes    map[string]string            // per variant: what the reader must know
+	pristine map[string][]byte            // main.cf and master.cf as the harness wrote them (-chroot: and chrooted)
+	sockDir  string                       // where the unix sockets live
 	rendered map[string]map[string][]byte // per variant: main.cf and master.cf after its first setup
 }
 
@@ -249,6 +256,12 @@ func (b *bench) measure(ctx context.Context, v variant, round int) (burst, error
 	after, err := pr.take()
 	if err != nil {
 		return burst{}, err
+	}
+	running.stop()
+	if running.served != nil {
+		if err := running.served(b.o.warmup + b.o.n); err != nil {
+			return burst{}, err
+		}
 	}
 	return burst{variant: v.name, round: round, n: b.o.n, secs: secs, use: since(before, after)}, nil
 }
@@ -333,6 +346,32 @@ func (b *bench) restart(ctx context.Context) error {
 		return err
 	}
 	return b.pf.Start(ctx)
+}
+
+// chrootSMTPD makes smtpd and cleanup run chrooted in the queue
+// directory, as Debian's stock master.cf has them, and moves the unix
+// sockets into it (queue/vipmilter, mode 0755), where the renderer
+// requires them and names them as seen from inside the jail.
+func (b *bench) chrootSMTPD(ctx context.Context) error {
+	if _, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-F", "smtp/inet/chroot=y", "cleanup/unix/chroot=y"); err != nil {
+		return err
+	}
+	b.sockDir = filepath.Join(b.pf.Dir, "queue", "vipmilter")
+	return os.MkdirAll(b.sockDir, 0o755)
+}
+
+// seen is a milter or policy address as chrooted smtpd and cleanup reach
+// it (-chroot): a unix path relative to the queue directory.
+func (b *bench) seen(listen string) string {
+	path, ok := strings.CutPrefix(listen, "unix:")
+	if !b.o.chroot || !ok {
+		return listen
+	}
+	rel, err := filepath.Rel(filepath.Join(b.pf.Dir, "queue"), path)
+	if err != nil {
+		return listen
+	}
+	return "unix:/" + rel
 }
 
 // masterPID reads Postfix master's process id from its pid file.

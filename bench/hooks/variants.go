@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/vipmilter/vipmilter/bench/hooks/floormilter"
+	"github.com/vipmilter/vipmilter/bench/internal/floormilter"
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/e2e"
 )
@@ -30,7 +30,7 @@ const (
 	kindFloor              // minimal C libmilter milter
 	kindMilter             // vipmilter, 50 header rules: the milter hook
 	kindDomain             // vipmilter, Match_Domain only: no hook
-	kindPolicy             // vipmilter, envelope-only script: the SMTPD policy-service hook (slot)
+	kindPolicy             // vipmilter, envelope-only script: the SMTPD policy-service hook
 )
 
 // variant is one way of running Postfix. listen is the milter's socket
@@ -41,8 +41,9 @@ type variant struct {
 	listen string
 }
 
-func variants(dir string) []variant {
-	unix := func(name string) string { return "unix:" + filepath.Join(dir, name+".sock") }
+// variants are the benchmark's variants; unix sockets go into sockDir.
+func variants(sockDir string) []variant {
+	unix := func(name string) string { return "unix:" + filepath.Join(sockDir, name+".sock") }
 	return []variant{
 		{name: "no milter", kind: kindNone},
 		{name: "floor milter unix", kind: kindFloor, listen: unix("floor")},
@@ -50,10 +51,6 @@ func variants(dir string) []variant {
 		{name: "vipmilter 50 rules unix", kind: kindMilter, listen: unix("vipmilter")},
 		{name: "vipmilter 50 rules inet", kind: kindMilter, listen: "inet:127.0.0.1:7202"},
 		{name: "vipmilter Match_Domain (no hook)", kind: kindDomain},
-		// Slot (e): the SMTPD policy-service hook, issue 11. It runs once
-		// "vipmilter serve" answers on Policy_Listen and "vipmilter
-		// postfix" renders check_policy_service; until then it is
-		// reported as not run, with the reason.
 		{name: "vipmilter policy unix", kind: kindPolicy, listen: unix("policy")},
 		{name: "vipmilter policy inet", kind: kindPolicy, listen: "inet:127.0.0.1:7203"},
 	}
@@ -64,16 +61,20 @@ func floorOf(v variant) string {
 	return "floor milter " + v.name[strings.LastIndexByte(v.name, ' ')+1:]
 }
 
-// notAvailable marks a variant this build cannot run yet (the policy slot).
+// notAvailable marks a variant this build cannot run as the benchmark
+// means it: "vipmilter postfix" rendered another hook than Hook = auto
+// should choose for its binding file.
 type notAvailable struct{ why string }
 
 func (n notAvailable) Error() string { return n.why }
 
 // running is a set-up variant: pid finds its milter process (nil: none),
-// stop ends it.
+// stop ends it (again: nothing), and once it has, served checks that
+// the hook decided every one of n messages (nil: nothing to check).
 type running struct {
-	pid  func() (int, error)
-	stop func()
+	pid    func() (int, error)
+	stop   func()
+	served func(n int) error
 }
 
 // setup starts the variant's milter or service and configures Postfix for
@@ -100,23 +101,18 @@ func (v variant) setup(ctx context.Context, b *bench) (running, error) {
 			r.stop()
 			return none, err
 		}
-		if err := b.pf.Postconf(ctx, "smtpd_milters="+v.listen, "milter_default_action=tempfail", "milter_protocol=6"); err != nil {
+		if err := b.pf.Postconf(ctx, "smtpd_milters="+b.seen(v.listen), "milter_default_action=tempfail", "milter_protocol=6"); err != nil {
 			r.stop()
 			return none, err
 		}
 		return r, nil
 	}
 
-	conf, err := writeBindings(b.dir, v)
+	conf, err := writeBindings(b.dir, b.sockDir, v)
 	if err != nil {
 		return none, err
 	}
 	sys := &e2e.System{Net: b.netw, Postfix: b.pf, Bin: b.bin, Config: conf, Log: slog.New(slog.DiscardHandler)}
-	if v.kind == kindPolicy {
-		if _, err := config.Load(conf); err != nil {
-			return none, notAvailable{"this build's binding file has no policy hook: " + firstLine(err.Error())}
-		}
-	}
 	if cached, ok := b.rendered[v.name]; ok {
 		// Rendered in an earlier round: the same files again, without
 		// the minutes "vipmilter postfix" takes on a loaded machine.
@@ -132,7 +128,8 @@ func (v variant) setup(ctx context.Context, b *bench) (running, error) {
 	if err := sys.StartServe(ctx); err != nil {
 		return none, err
 	}
-	r := running{pid: func() (int, error) { return pidOf(b.bin, b.ns[0]) }, stop: func() { sys.StopServe(syscall.SIGTERM) }}
+	r := running{pid: func() (int, error) { return pidOf(b.bin, b.ns[0]) }, stop: func() { sys.StopServe(syscall.SIGTERM) },
+		served: func(n int) error { return decided(sys.ServeOutput(), v.kind, n) }}
 	if v.kind == kindPolicy {
 		if err := e2e.WaitMilter(ctx, b.netw.MTA, v.listen); err != nil {
 			r.stop()
@@ -148,35 +145,8 @@ func (b *bench) render(ctx context.Context, v variant, sys *e2e.System) error {
 	if err := sys.ApplyPostfix(ctx); err != nil {
 		return err
 	}
-	switch v.kind {
-	case kindDomain:
-		// No script: nothing to ask per message. Where the renderer
-		// still attaches the milter, detach it here (the hook issue 11
-		// asks the renderer to choose) and say so.
-		var attached []string
-		for _, p := range []string{"smtpd_milters", "non_smtpd_milters"} {
-			val, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-h", p)
-			if err != nil {
-				return err
-			}
-			if strings.TrimSpace(val) != "" {
-				attached = append(attached, p)
-				if err := b.pf.Postconf(ctx, p+"="); err != nil {
-					return err
-				}
-			}
-		}
-		if len(attached) > 0 {
-			b.note(v.name, "\"vipmilter postfix\" attached the milter ("+strings.Join(attached, ", ")+"); the benchmark detached it, as Hook = auto should")
-		}
-	case kindPolicy:
-		rs, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-h", "smtpd_recipient_restrictions", "smtpd_data_restrictions", "smtpd_end_of_data_restrictions")
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(rs, "check_policy_service") {
-			return notAvailable{"\"vipmilter postfix\" did not render check_policy_service for Hook = policy"}
-		}
+	if err := b.checkRendered(ctx, v); err != nil {
+		return err
 	}
 	files, err := readConfig(b.pf.Dir)
 	if err != nil {
@@ -189,20 +159,99 @@ func (b *bench) render(ctx context.Context, v variant, sys *e2e.System) error {
 	return nil
 }
 
-// note records something the reader of a variant's figures must know.
-func (b *bench) note(variant, s string) {
-	if b.notes == nil {
-		b.notes = map[string]string{}
+// checkRendered checks that "vipmilter postfix" chose the hook the
+// variant measures (Hook = auto: none for a file without a script, the
+// policy service for an envelope-only script, the milter for a header
+// script): otherwise the figures would belong to another hook.
+func (b *bench) checkRendered(ctx context.Context, v variant) error {
+	val, err := b.pf.NS.Run(ctx, "postconf", "-c", b.pf.Dir, "-h",
+		"smtpd_milters", "non_smtpd_milters", "smtpd_recipient_restrictions", "smtpd_data_restrictions")
+	if err != nil {
+		return err
 	}
-	b.log.Warn("note", "variant", variant, "note", s)
-	b.notes[variant] = s
+	lines := strings.Split(strings.TrimSuffix(val, "\n"), "\n")
+	if len(lines) != 4 {
+		return fmt.Errorf("postconf: want 4 lines, got %q", val)
+	}
+	smtpdMilters, nonSMTPD, rcpt, data := lines[0], lines[1], lines[2], lines[3]
+	policy := strings.Contains(rcpt, "check_policy_service") || strings.Contains(data, "check_policy_service")
+	var wrong []string
+	switch v.kind {
+	case kindDomain:
+		if smtpdMilters != "" || nonSMTPD != "" {
+			wrong = append(wrong, "a milter is attached (smtpd_milters = "+smtpdMilters+", non_smtpd_milters = "+nonSMTPD+")")
+		}
+		if policy {
+			wrong = append(wrong, "check_policy_service is rendered")
+		}
+	case kindPolicy:
+		entry := "check_policy_service { " + b.seen(v.listen) + ","
+		if !strings.HasPrefix(rcpt, entry) || !strings.HasPrefix(data, entry) {
+			wrong = append(wrong, fmt.Sprintf("check_policy_service on %s is not first in smtpd_recipient_restrictions (%q) and smtpd_data_restrictions (%q)", v.listen, rcpt, data))
+		}
+		if smtpdMilters != "" {
+			wrong = append(wrong, "smtpd_milters = "+smtpdMilters+": smtpd mail would pass the milter too")
+		}
+	case kindMilter:
+		if !strings.Contains(smtpdMilters, b.seen(v.listen)) {
+			wrong = append(wrong, "smtpd_milters = "+smtpdMilters+" lacks "+b.seen(v.listen))
+		}
+		if policy {
+			wrong = append(wrong, "check_policy_service is rendered")
+		}
+	}
+	if len(wrong) > 0 {
+		return notAvailable{"\"vipmilter postfix\" did not render the hook this variant measures: " + strings.Join(wrong, "; ")}
+	}
+	b.log.Info("rendered", "variant", v.name, "smtpd_milters", smtpdMilters, "non_smtpd_milters", nonSMTPD,
+		"smtpd_recipient_restrictions", rcpt, "smtpd_data_restrictions", data)
+	return nil
 }
 
-// writeBindings writes the variant's binding file (and script) into dir.
+// decided checks serve's log (text, one line per decision with the queue
+// id) for at least n decisions on the variant's hook, each placing the
+// benchmark's sender with Example's binding, and none on the other hook.
+func decided(log string, k kind, n int) error {
+	want, other := "msg=\"milter decision\"", "msg=\"policy decision\""
+	if k == kindPolicy {
+		want, other = other, want
+	}
+	var got, misplaced, others int
+	var sample string
+	for _, l := range strings.Split(log, "\n") {
+		switch {
+		case strings.Contains(l, want):
+			got++
+			if !strings.Contains(l, " binding=Example ") {
+				misplaced++
+				sample = l
+			}
+		case strings.Contains(l, other):
+			others++
+		}
+	}
+	switch {
+	case got < n:
+		return fmt.Errorf("serve logged %d %s lines for %d messages:\n%s", got, want, n, tail(log, 10))
+	case misplaced > 0:
+		return fmt.Errorf("%d of %d decisions did not choose binding Example, e.g. %s", misplaced, got, sample)
+	case others > 0:
+		return fmt.Errorf("%d decisions on the other hook (%s)", others, other)
+	}
+	return nil
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// writeBindings writes the variant's binding file (and script) into dir,
+// naming its unix milter socket in sockDir.
 // The sender's domain is Example's Match_Domain; scripts test 50 things
 // that never match, so every message walks all of them and Match_Domain
 // places it.
-func writeBindings(dir string, v variant) (string, error) {
+func writeBindings(dir, sockDir string, v variant) (string, error) {
 	var head strings.Builder
 	fmt.Fprintf(&head, "Binding_Header = \"X-Binding\"\nBinding_Header_Key = %q\nOn_Policy_Error = default\nOn_Milter_Down = tempfail\nInterface = eth0\n",
 		filepath.Join(dir, "binding-header.key"))
@@ -215,7 +264,10 @@ func writeBindings(dir string, v variant) (string, error) {
 			fmt.Fprintf(&script, "if header :contains \"X-Bench-%d\" \"never-%d\" { set \"binding\" \"default\"; stop; }\n", i, i)
 		}
 	case kindPolicy:
-		fmt.Fprintf(&head, "Milter_Listen = %q\nHook = policy\nPolicy_Listen = %q\n", "unix:"+filepath.Join(dir, "policy-milter.sock"), v.listen)
+		// Hook = auto (the default) must choose the policy service for
+		// an envelope-only script; the milter stays for mail from
+		// sendmail (non_smtpd_milters), which the benchmark does not send.
+		fmt.Fprintf(&head, "Milter_Listen = %q\nPolicy_Listen = %q\n", "unix:"+filepath.Join(sockDir, "policy-milter.sock"), v.listen)
 		for i := range 50 {
 			fmt.Fprintf(&script, "if envelope :domain :is \"from\" \"never-%d.test\" { set \"binding\" \"default\"; stop; }\n", i)
 		}
@@ -260,9 +312,4 @@ func pidOf(exe string, ns uint64) (int, error) {
 		return 0, fmt.Errorf("%s: want one process, found %v", exe, found)
 	}
 	return found[0], nil
-}
-
-func firstLine(s string) string {
-	l, _, _ := strings.Cut(s, "\n")
-	return l
 }

@@ -19,8 +19,9 @@
 //	opt-out NoOp unix|inet           go-milter NoOpMilter, OptNo* for every stage but end of message
 //	opt-out NoOp inet +quickack      the same, TCP_QUICKACK re-armed after every read
 //	all-stages NoOp inet             NoOpMilter asking for every stage, answering each
-//	C libmilter EOM unix             minimal libmilter milter (Debian libmilter-dev): every stage
-//	                                 off but end of message, adds one header; the floor for any milter
+//	floor milter (C libmilter) unix|inet
+//	                                 the floor for any milter (bench/internal/floormilter, Debian
+//	                                 libmilter-dev): every stage off but end of message, adds one header
 //	vipmilter unix|inet              package milter (TCP_QUICKACK after each packet it does not answer)
 //	vipmilter inet -quickack         package milter with TCP tuning defeated
 //
@@ -46,7 +47,8 @@
 // Result with package milter on d--j/go-milter v0.10.1 (protocol 6), the
 // same machine heavily loaded by other jobs (load 12–18 on 2 vCPU, so
 // absolute rates are a fifth of the above; -n 600 -n1 60 -repeat 2,
-// medians): no milter 94 msg/s; C libmilter EOM unix 85 msg/s (0.91×),
+// medians): no milter 94 msg/s; C libmilter EOM unix (the floor milter's
+// predecessor, without TCP tuning) 85 msg/s (0.91×),
 // 0.62 ms milter CPU/msg; vipmilter unix 84 msg/s (0.90×), 0.85 ms CPU/msg
 // (1.37× the C milter's); vipmilter inet 72 msg/s, 0.90 ms. One session at
 // a time: vipmilter inet 14.1–21.6 ms/msg, and 55.7–61.7 ms/msg with
@@ -55,14 +57,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -72,6 +72,8 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/vipmilter/vipmilter/bench/internal/floormilter"
+	"github.com/vipmilter/vipmilter/bench/internal/mailpath"
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/e2e"
 	"github.com/vipmilter/vipmilter/internal/testenv"
@@ -86,60 +88,13 @@ const optOut = gomilter.OptNoConnect | gomilter.OptNoHelo | gomilter.OptNoMailFr
 
 var (
 	straceDir string
-	cbin      string // the C milter, built once per run
+	floorBin  string // the floor milter, built once per run
 )
 
 type variant struct {
 	name   string
 	listen string // empty: no milter
-	kind   string // milter kind for the child: optout, optout-quickack, allstages, vipmilter, vipmilter-noquickack, c-eom
-}
-
-// cMilter is the floor for any milter: libmilter, every stage off but end
-// of message, one header added. (No inet variant: libmilter sets neither
-// TCP_NODELAY nor TCP_QUICKACK, so over TCP it measures the stall.)
-const cMilter = `#include <stddef.h>
-#include <sys/stat.h>
-#include <libmilter/mfapi.h>
-
-static sfsistat neg(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3,
-                    unsigned long *pf0, unsigned long *pf1, unsigned long *pf2, unsigned long *pf3) {
-	*pf0 = SMFIF_ADDHDRS;
-	*pf1 = SMFIP_NOCONNECT | SMFIP_NOHELO | SMFIP_NOMAIL | SMFIP_NORCPT | SMFIP_NOBODY |
-	       SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOUNKNOWN | SMFIP_NODATA;
-	*pf2 = 0;
-	*pf3 = 0;
-	return SMFIS_CONTINUE;
-}
-
-static sfsistat eom(SMFICTX *ctx) {
-	smfi_addheader(ctx, "X-Binding", "default");
-	return SMFIS_ACCEPT;
-}
-
-int main(int argc, char **argv) {
-	struct smfiDesc d = {"cmilter", SMFI_VERSION, SMFIF_ADDHDRS, NULL, NULL, NULL, NULL, NULL,
-	                     NULL, NULL, eom, NULL, NULL, NULL, NULL, neg};
-	if (argc != 2 || smfi_setconn(argv[1]) == MI_FAILURE || smfi_register(d) == MI_FAILURE)
-		return 1;
-	umask(0); /* Postfix (user postfix) connects to the socket */
-	if (smfi_opensocket(1) == MI_FAILURE)
-		return 1;
-	return smfi_main();
-}
-`
-
-// buildCMilter compiles cMilter into dir.
-func buildCMilter(ctx context.Context, dir string) (string, error) {
-	src, bin := filepath.Join(dir, "cmilter.c"), filepath.Join(dir, "cmilter")
-	if err := os.WriteFile(src, []byte(cMilter), 0o644); err != nil {
-		return "", err
-	}
-	out, err := exec.CommandContext(ctx, "cc", "-O2", "-o", bin, src, "-lmilter", "-lpthread").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("building the C milter (needs libmilter-dev): %w\n%s", err, out)
-	}
-	return bin, nil
+	kind   string // milter kind for the child: optout, optout-quickack, allstages, vipmilter, vipmilter-noquickack, floor
 }
 
 // cpuTicks is a process's utime+stime in clock ticks (proc(5)).
@@ -185,36 +140,18 @@ func run() error {
 	only := flag.String("only", "", "run only variants whose name contains this")
 	flag.StringVar(&straceDir, "strace", "", "write an strace -tt of each milter's reads and writes into this directory (evidence; slows the milter)")
 	flag.Parse()
-	if os.Geteuid() != 0 {
-		return errors.New("run as root (network namespaces, private Postfix)")
-	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "vipmilter-socket-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o755)
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	netw, err := e2e.NewNetwork(ctx)
+	mp, err := mailpath.New(ctx, "vipmilter-socket-")
 	if err != nil {
 		return err
 	}
-	defer netw.Close()
-	sink, err := testenv.StartSink(ctx, netw.Sink, e2e.SinkAddr4+":25", "")
-	if err != nil {
-		return err
-	}
-	defer sink.Stop()
-	pf, err := e2e.NewPostfix(ctx, filepath.Join(dir, "postfix"), netw.MTA)
-	if err != nil {
-		return err
-	}
-	defer pf.Stop()
+	defer mp.Close()
+	dir, netw, pf := mp.Dir, mp.Net, mp.Postfix
 	mainCF, _ := os.ReadFile(filepath.Join(pf.Dir, "main.cf"))
 	sock := "unix:" + filepath.Join(dir, "milter.sock")
 	inet := "inet:127.0.0.1:7101"
@@ -225,7 +162,8 @@ func run() error {
 		{name: "opt-out NoOp inet", listen: inet, kind: "optout"},
 		{name: "opt-out NoOp inet +quickack", listen: inet, kind: "optout-quickack"},
 		{name: "all-stages NoOp inet", listen: inet, kind: "allstages"},
-		{name: "C libmilter EOM unix", listen: sock, kind: "c-eom"},
+		{name: "floor milter (C libmilter) unix", listen: sock, kind: "floor"},
+		{name: "floor milter (C libmilter) inet", listen: inet, kind: "floor"},
 		{name: "vipmilter unix", listen: sock, kind: "vipmilter"},
 		{name: "vipmilter inet", listen: inet, kind: "vipmilter"},
 		{name: "vipmilter inet -quickack", listen: inet, kind: "vipmilter-noquickack"},
@@ -234,8 +172,8 @@ func run() error {
 		variants = slices.DeleteFunc(variants, func(v variant) bool { return v.name != "no milter" && !strings.Contains(v.name, *only) })
 	}
 	for _, v := range variants {
-		if v.kind == "c-eom" && cbin == "" {
-			if cbin, err = buildCMilter(ctx, dir); err != nil {
+		if v.kind == "floor" && floorBin == "" {
+			if floorBin, err = floormilter.Build(ctx, dir); err != nil {
 				return err
 			}
 		}
@@ -292,8 +230,12 @@ func setup(ctx context.Context, v variant, self string, netw *e2e.Network, pf *t
 		return 0, none, pf.Restart(ctx)
 	}
 	args := []string{self, "serve-milter", v.kind, v.listen}
-	if v.kind == "c-eom" {
-		args = []string{cbin, libmilterConn(v.listen)}
+	if v.kind == "floor" {
+		conn, err := floormilter.Conn(v.listen)
+		if err != nil {
+			return 0, none, err
+		}
+		args = []string{floorBin, conn}
 	}
 	if straceDir != "" {
 		out := filepath.Join(straceDir, strings.NewReplacer(" ", "_", "+", "", "-", "").Replace(v.name)+".strace")
@@ -327,15 +269,6 @@ func setup(ctx context.Context, v variant, self string, netw *e2e.Network, pf *t
 		pid = 0
 	}
 	return pid, stop, nil
-}
-
-// libmilterConn is listen in libmilter's notation (inet:port@host).
-func libmilterConn(listen string) string {
-	if rest, ok := strings.CutPrefix(listen, "inet:"); ok {
-		host, port, _ := net.SplitHostPort(rest)
-		return "inet:" + port + "@" + host
-	}
-	return listen
 }
 
 // serveMilter runs in the mta namespace (re-executed by setup).

@@ -20,6 +20,11 @@ import (
 type service struct {
 	// name is the daemon's noun in log lines ("milter", "provisioner").
 	name string
+	// start, when set, opens what run serves. It is called once the
+	// signal handlers are installed, so a SIGHUP sent as soon as a
+	// listener is up is not lost (the default action would end the
+	// process); its error ends runDaemon as it is.
+	start func() error
 	// run serves until ctx is cancelled (then returns nil once it has
 	// stopped) or until it fails. It calls ready once it serves; runDaemon
 	// then tells systemd READY=1.
@@ -30,7 +35,7 @@ type service struct {
 }
 
 // runDaemon runs s under the signal and sd_notify(3) protocol both units
-// use (Type=notify, systemd/*.service): READY=1 when s is ready; SIGHUP →
+// use (Type=notify, systemd/*.service): s.start, then READY=1 when s.run is ready; SIGHUP →
 // RELOADING=1 with MONOTONIC_USEC, s.reload, READY=1; SIGTERM/SIGINT →
 // STOPPING=1, cancel s.run and wait for it. Without NOTIFY_SOCKET the
 // notifications are no-ops.
@@ -40,6 +45,11 @@ func runDaemon(log *slog.Logger, s service) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	if s.start != nil {
+		if err := s.start(); err != nil {
+			return err
+		}
+	}
 
 	done := make(chan error, 1)
 	go func() {

@@ -92,3 +92,42 @@ func TestRunDaemon(t *testing.T) {
 		t.Fatalf("failed service: %v", err)
 	}
 }
+
+// TestRunDaemonStart: a SIGHUP that arrives while start opens the
+// listeners (serve logs "listening" there) is not lost and does not end the
+// process: it reloads once run is going. A start error is returned as is,
+// and run never runs.
+func TestRunDaemonStart(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	reloaded := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runDaemon(log, service{
+			name:  "test daemon",
+			start: func() error { return syscall.Kill(syscall.Getpid(), syscall.SIGHUP) },
+			run: func(ctx context.Context, ready func()) error {
+				ready()
+				<-ctx.Done()
+				return nil
+			},
+			reload: func() { reloaded <- struct{}{} },
+		})
+	}()
+	select {
+	case <-reloaded:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the SIGHUP sent during start did not reload")
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	boom := &exitError{2, errors.New("boom")}
+	ran := false
+	err := runDaemon(log, service{name: "failing", start: func() error { return boom },
+		run: func(context.Context, func()) error { ran = true; return nil }, reload: func() {}})
+	if err != boom || ran {
+		t.Fatalf("start failed: runDaemon returned %v (want it as is), run called: %v", err, ran)
+	}
+}

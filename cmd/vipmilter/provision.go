@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/sendmail"
 	"github.com/vipmilter/vipmilter/vip"
 )
 
@@ -40,7 +41,22 @@ re-adds a binding address that disappears (network manager restart, ip
 addr flush, its local route removed), tells systemd when ready
 (Type=notify) and re-reads the file on SIGHUP.
 
-Needs CAP_NET_ADMIN (root, or vipmilter-provision.service).`
+--hosts-file FILE (opt-in, e.g. /etc/hosts) also keeps a block of FILE
+between "# BEGIN vipmilter" and "# END vipmilter" lines holding
+"ADDRESS NAME" for every binding address whose EHLO_Hostname is a host
+name with a dot: Sendmail greets with the name its bound address resolves
+to, so this makes it greet with EHLO_Hostname. Lines outside the block are kept byte
+for byte; the file is written only when the block changes, with its mode
+and owner, atomically (a new file renamed over it) or, where FILE cannot be
+replaced (a bind-mounted /etc/hosts), in place; the summary says which. An
+address the host's own lines already map to another name is an error line
+(the resolver answers with the first line, so Sendmail would greet with
+that name), never overridden. --dry-run prints the lines it would add and
+remove; --watch re-applies it on SIGHUP.
+
+Needs CAP_NET_ADMIN (root, or vipmilter-provision.service), and write
+access to FILE with --hosts-file (vipmilter-provision.service needs a
+drop-in for /etc/hosts: see docs/provisioning.md).`
 
 func cmdProvision(c *cli, args []string) error {
 	fs := c.flags("provision")
@@ -49,6 +65,7 @@ func cmdProvision(c *cli, args []string) error {
 	prune := fs.Bool("prune", false, "also remove addresses vipmilter added that the file no longer declares")
 	watch := fs.Bool("watch", false, "stay running and re-add binding addresses that disappear")
 	stateDir := fs.String("state-dir", "", "record owned addresses in `DIR` instead of the file's State_Dir")
+	hostsFile := fs.String("hosts-file", "", "also keep a block in hosts `FILE` (e.g. /etc/hosts) mapping binding addresses to their EHLO names (for Sendmail)")
 	newLog := logFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -79,24 +96,35 @@ func cmdProvision(c *cli, args []string) error {
 		return err
 	}
 	defer p.Close()
-	failed, err := provisionOnce(c, p, cfg, *dry, *prune)
+	o := provisionRun{dry: *dry, prune: *prune, hostsFile: *hostsFile}
+	failed, err := provisionOnce(c, p, cfg, o)
 	if err != nil {
 		return err
 	}
 	if !*watch {
+		if failed && *hostsFile != "" {
+			return &exitError{1, errors.New("some binding addresses could not be ensured, or the hosts file does not map each to its EHLO name")}
+		}
 		if failed {
 			return &exitError{1, errors.New("some binding addresses could not be ensured")}
 		}
 		return nil
 	}
-	return provisionWatch(c, log, p, *path, cfg, *prune)
+	return provisionWatch(c, log, p, *path, cfg, o)
 }
 
-// provisionOnce prints one line per address and a summary; failed is true
-// when any declared address is not on the host. A dry run prints the plan
-// the real run would carry out.
-func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bool) (failed bool, err error) {
-	rs, err := p.Provision(vip.Wants(cfg), vip.Options{Prune: prune, DryRun: dry})
+// provisionRun is what one pass of provision does besides the addresses.
+type provisionRun struct {
+	dry, prune bool
+	hostsFile  string // "" = no hosts file
+}
+
+// provisionOnce prints one line per address and a summary, then the same
+// for the hosts file; failed is true when any declared address is not on
+// the host or the hosts file could not hold every entry. A dry run prints
+// the plan the real run would carry out.
+func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, o provisionRun) (failed bool, err error) {
+	rs, err := p.Provision(vip.Wants(cfg), vip.Options{Prune: o.prune, DryRun: o.dry})
 	if err != nil {
 		return true, err
 	}
@@ -105,10 +133,24 @@ func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, dry, prune bo
 		failed = failed || r.Status == vip.Failed
 	}
 	fmt.Fprintln(c.stdout, vip.Summary(rs))
-	return failed, nil
+	if o.hostsFile == "" {
+		return failed, nil
+	}
+	// A hosts file that cannot be written is reported and fails the run,
+	// but does not stop the addresses, which matter more, being kept.
+	rep, err := vip.UpdateHosts(o.hostsFile, vip.HostsEntries(cfg, sendmail.ResolvedEHLO), o.dry)
+	if err != nil {
+		fmt.Fprintf(c.stdout, "error        %v\n", err)
+		return true, nil
+	}
+	for _, r := range rep.Results {
+		fmt.Fprintln(c.stdout, r)
+	}
+	fmt.Fprintln(c.stdout, rep.Summary())
+	return failed || rep.Failed(), nil
 }
 
-func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, cfg *config.Config, prune bool) error {
+func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, cfg *config.Config, o provisionRun) error {
 	var mu sync.Mutex
 	current := vip.Wants(cfg)
 	wants := func() []vip.Want {
@@ -133,7 +175,7 @@ func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, c
 			mu.Lock()
 			current = vip.Wants(next)
 			mu.Unlock()
-			if _, err := provisionOnce(c, p, next, false, prune); err != nil {
+			if _, err := provisionOnce(c, p, next, o); err != nil {
 				log.Error("provisioning after reload", "err", err)
 			}
 			log.Info("binding file reloaded", "addresses", len(wants()))

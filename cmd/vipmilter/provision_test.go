@@ -188,17 +188,26 @@ func TestProvisionWithoutPermission(t *testing.T) {
 }
 
 // TestProvisionWatchCommand: --watch tells systemd it is ready, re-adds a
-// deleted address, re-reads the file on SIGHUP and exits 0 on SIGTERM.
+// deleted address, re-reads the file on SIGHUP (and re-applies
+// --hosts-file) and exits 0 on SIGTERM.
 func TestProvisionWatchCommand(t *testing.T) {
 	e := newProvisionEnv(t)
-	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }`)
+	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10  EHLO_Hostname = out-a.example.com }`)
+	hosts := filepath.Join(e.dir, "hosts")
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hostsHas := func(line string) bool {
+		b, _ := os.ReadFile(hosts)
+		return strings.Contains(string(b), "\n"+line+" # binding ")
+	}
 	notify := filepath.Join(e.dir, "notify")
 	sd, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sd.Close()
-	cmd := e.command(nil, "provision", "-c", e.conf, "--watch")
+	cmd := e.command(nil, "provision", "-c", e.conf, "--watch", "--hosts-file", hosts)
 	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+notify)
 	var stderr, stdout lockedBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -231,6 +240,9 @@ func TestProvisionWatchCommand(t *testing.T) {
 	if out := e.addrs("eth0"); !strings.Contains(out, "192.0.2.10/32") || !strings.Contains(out, "2001:db8::10/128") {
 		t.Fatalf("ready before the addresses are on eth0:\n%s", out)
 	}
+	if !hostsHas("192.0.2.10 out-a.example.com") || !hostsHas("2001:db8::10 out-a.example.com") {
+		t.Errorf("hosts file at start:\n%s", testenv.ReadFile(t, hosts))
+	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		testenv.Eventually(t, what, cond, func() string { return "stderr:\n" + stderr.String() })
@@ -239,14 +251,15 @@ func TestProvisionWatchCommand(t *testing.T) {
 	waitFor("192.0.2.10 re-added", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.10/32") })
 	waitFor("a log line saying so", func() bool { return strings.Contains(stderr.String(), "disappeared; added it again") })
 
-	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }
-Binding "B" { Bind_Address = 192.0.2.40 }`)
+	e.write(`Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10  EHLO_Hostname = out-a.example.com }
+Binding "B" { Bind_Address = 192.0.2.40  EHLO_Hostname = out-b.example.com }`)
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	notified("RELOADING=1")
 	notified("READY=1")
 	waitFor("192.0.2.40 added after SIGHUP", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.40/32") })
+	waitFor("the hosts file re-applied after SIGHUP", func() bool { return hostsHas("192.0.2.40 out-b.example.com") })
 	e.ns.MustIP(t, "addr", "del", "192.0.2.40/32", "dev", "eth0")
 	waitFor("the reloaded binding's address re-added", func() bool { return strings.Contains(e.addrs("eth0"), "192.0.2.40/32") })
 
@@ -261,11 +274,15 @@ Binding "B" { Bind_Address = 192.0.2.40 }`)
 	case <-time.After(20 * time.Second):
 		t.Fatal("still running 20s after SIGTERM")
 	}
-	// The start and the reload each log a summary (the reload's says
-	// "1 added" unless the watcher, reading the new file, got there first);
-	// a daemon prints nothing outside its logger.
-	if n := strings.Count(stderr.String(), ", 0 errors"); n != 2 {
-		t.Errorf("want 2 summaries, start and reload, got %d:\n%s", n, stderr.String())
+	// The start and the reload each log a summary of addresses and one of
+	// the hosts file (the reload's says "1 added" unless the watcher,
+	// reading the new file, got there first); a daemon prints nothing
+	// outside its logger.
+	if n := strings.Count(stderr.String(), ", 0 errors"); n != 4 {
+		t.Errorf("want 4 summaries, addresses and hosts file at start and reload, got %d:\n%s", n, stderr.String())
+	}
+	if n := strings.Count(stderr.String(), "hosts file "+hosts+": "); n != 2 {
+		t.Errorf("want 2 hosts file summaries, got %d:\n%s", n, stderr.String())
 	}
 	if out := stdout.String(); out != "" {
 		t.Errorf("--watch printed outside its logger:\n%s", out)
@@ -322,5 +339,121 @@ Binding_Group "Loop" {
 	_, out := e.run(nil, "check", "-c", e.conf, "--routes")
 	if strings.Contains(out, "not configured") || !strings.Contains(out, "FAIL Loop1 127.0.0.6 -> 198.51.100.1: a loopback address") {
 		t.Errorf("check --routes:\n%s", out)
+	}
+}
+
+// TestProvisionHostsFileCommand: provision --hosts-file on a temporary
+// hosts file: dry run, add, no-op re-run, a removed binding, a host line
+// that maps a binding address to another name, a bind-mounted file (as
+// /etc/hosts in a container) rewritten in place, and the block removed
+// when no binding needs it, the host's lines kept byte for byte.
+func TestProvisionHostsFileCommand(t *testing.T) {
+	e := newProvisionEnv(t)
+	hosts := filepath.Join(e.dir, "hosts")
+	base := "127.0.0.1\tlocalhost\n# the host's comment\n::1 localhost ip6-localhost\n"
+	if err := os.WriteFile(hosts, []byte(base), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(hosts, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	a := `Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10  EHLO_Hostname = out-a.example.com }
+`
+	b := `Binding "B" { Bind_Address = 192.0.2.20  EHLO_Hostname = out-b.example.com }
+Binding "C" { Bind_Address = 192.0.2.30 }
+`
+	block := func(lines ...string) string {
+		return "# BEGIN vipmilter (managed by vipmilter provision; do not edit)\n" + strings.Join(lines, "\n") + "\n# END vipmilter\n"
+	}
+	lineA := "192.0.2.10 out-a.example.com # binding A\n2001:db8::10 out-a.example.com # binding A"
+	lineB := "192.0.2.20 out-b.example.com # binding B"
+	bindSrc := filepath.Join(e.dir, "hosts.container")
+	bindMount := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "sh", bindSrc, hosts}
+	// The bind-mounted file then deleted (replaced) outside.
+	deletedMount := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$2" && rm "$1" && shift 2 && exec "$@"`, "sh", bindSrc, hosts}
+	// What systemd's ProtectSystem=strict with ReadWritePaths=/etc/hosts
+	// gives the service: the directory read-only, the file a writable
+	// bind mount of itself.
+	readOnlyDir := []string{"unshare", "--mount", "sh", "-c", `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && mount --bind "$2" "$2" && mount -o remount,bind,rw "$2" && shift 2 && exec "$@"`, "sh", e.dir, hosts}
+	steps := []struct {
+		name   string
+		conf   string
+		edit   func() // before the run
+		wrap   []string
+		args   []string
+		code   int
+		want   []string
+		file   string // hosts content afterwards
+		inode  string // "same" or "new" compared with before the step
+		onFile string // the file to read afterwards (default hosts)
+	}{
+		{name: "dry run", conf: a + b, args: []string{"--dry-run"},
+			want: []string{"would add    192.0.2.10 out-a.example.com", "would add    2001:db8::10 out-a.example.com", "would add    192.0.2.20 out-b.example.com",
+				"hosts file " + hosts + ": 3 would add, 0 errors; would be written"},
+			file: base, inode: "same"},
+		{name: "first run", want: []string{"added        192.0.2.20 out-b.example.com                hosts file         binding B", "hosts file " + hosts + ": 3 added, 0 errors; replaced atomically"},
+			file: base + block(lineA, lineB), inode: "new"},
+		{name: "second run changes nothing", want: []string{": 3 present, 0 errors; unchanged"}, file: base + block(lineA, lineB), inode: "same"},
+		{name: "binding B removed", conf: a, want: []string{"removed      192.0.2.20 out-b.example.com", ": 2 present, 1 removed, 0 errors; replaced atomically"},
+			file: base + block(lineA), inode: "new"},
+		{name: "host line maps A's address to another name", edit: func() { appendFile(t, hosts, "192.0.2.10 mx.example.org\n") }, code: 1,
+			want: []string{"error        192.0.2.10 out-a.example.com                hosts file         binding A: line 8 maps 192.0.2.10 to mx.example.org first, so Sendmail greets with mx.example.org; not overridden",
+				"removed      192.0.2.10 out-a.example.com", ": 1 present, 1 removed, 1 errors; replaced"},
+			file: base + block("2001:db8::10 out-a.example.com # binding A") + "192.0.2.10 mx.example.org\n", inode: "new"},
+		{name: "bind-mounted file rewritten in place", conf: a + b, edit: func() { os.WriteFile(hosts, []byte(base+block(lineA)), 0o640); copyFile(t, hosts, bindSrc, 0o640) }, wrap: bindMount,
+			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot rename a file over it: device or resource busy)"},
+			file: base + block(lineA, lineB), onFile: bindSrc},
+		{name: "bind-mounted file deleted outside: refused", conf: a, wrap: deletedMount, code: 1,
+			want: []string{"error        hosts file " + hosts + ": the file this process sees was deleted or replaced after it was bind-mounted here"},
+			file: base + block(lineA), inode: "same"},
+		{name: "read-only directory, writable file (systemd ReadWritePaths=)", conf: a + b, wrap: readOnlyDir,
+			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot create a file in " + e.dir + ": read-only file system)"},
+			file: base + block(lineA, lineB), inode: "same"},
+		{name: "no binding needs a line: block removed", conf: `Binding "C" { Bind_Address = 192.0.2.30 }
+`, want: []string{": 3 removed, 0 errors; replaced"}, file: base, inode: "new"},
+	}
+	for _, s := range steps {
+		if s.conf != "" {
+			e.write(s.conf)
+		}
+		if s.edit != nil {
+			s.edit()
+		}
+		before := testenv.Stat(t, hosts)
+		code, out := e.run(s.wrap, append([]string{"provision", "-c", e.conf, "--hosts-file", hosts}, s.args...)...)
+		if code != s.code {
+			t.Errorf("%s: exit %d, want %d\n%s", s.name, code, s.code, out)
+		}
+		for _, w := range s.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: output lacks %q:\n%s", s.name, w, out)
+			}
+		}
+		file := hosts
+		if s.onFile != "" {
+			file = s.onFile
+		}
+		if got, err := os.ReadFile(file); err != nil || string(got) != s.file {
+			t.Errorf("%s: %s is\n%s\nwant\n%s", s.name, file, got, s.file)
+		}
+		after := testenv.Stat(t, hosts)
+		if after.Mode != before.Mode || after.Uid != 65534 || after.Gid != 65534 {
+			t.Errorf("%s: mode %o owner %d:%d, want %o 65534:65534", s.name, after.Mode, after.Uid, after.Gid, before.Mode)
+		}
+		if (s.inode == "same" && after.Ino != before.Ino) || (s.inode == "new" && after.Ino == before.Ino) {
+			t.Errorf("%s: inode %d, was %d: want %s", s.name, after.Ino, before.Ino, s.inode)
+		}
+	}
+}
+
+func appendFile(t *testing.T, path, s string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -8,12 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vipmilter/vipmilter/config"
@@ -23,9 +20,14 @@ import (
 	"github.com/vipmilter/vipmilter/vip"
 )
 
-const serveHelp = `Run the milter daemon on Milter_Listen (or on a socket handed over by
-systemd socket activation). SIGHUP reloads the binding file and script,
-keeping the old ones when the new ones do not load; SIGTERM/SIGINT stop
+const serveHelp = `Run what the hook of the binding file needs (see "vipmilter check"): the
+milter on Milter_Listen (or on a socket handed over by systemd socket
+activation) for the milter hook, a Sendmail host, and mail from sendmail
+under the policy hook; the SMTPD policy service on Policy_Listen for the
+policy hook; neither for the none hook (Match_Domain only), when serve
+only waits for a reload. SIGHUP reloads the binding file and script and
+starts or stops listeners when the hook changed, keeping the old policy
+and listeners when the new ones do not load or start; SIGTERM/SIGINT stop
 accepting and let sessions in flight finish. Exits 2 on config errors.`
 
 func cmdServe(c *cli, args []string) error {
@@ -47,6 +49,10 @@ func cmdServe(c *cli, args []string) error {
 	live := presence(ctx, log)
 
 	cfg, pol, err := servePolicy(log, *path, live)
+	var hook config.Hook
+	if err == nil {
+		hook, err = chooseHook(log, cfg, pol)
+	}
 	if err != nil {
 		logErrors(log, "config error", err)
 		return &exitError{code: 2, err: fmt.Errorf("%s: not serving", *path)}
@@ -64,19 +70,13 @@ func cmdServe(c *cli, args []string) error {
 		return &exitError{code: 2, err: err}
 	}
 	srv := milter.New(pol, st, log)
-	ln, err := serveListener(log, srv, cfg)
-	if err != nil {
-		return err
-	}
-	pd, err := startPolicyService(log, cfg, pol)
-	if err != nil {
-		ln.Close()
+	ls := newListeners(log, srv)
+	if err := ls.adoptSystemd(cfg); err != nil {
 		return err
 	}
 	if cfg.MetricsListen != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
-			ln.Close()
 			return fmt.Errorf("metrics listen %q: %w", cfg.MetricsListen, err)
 		}
 		mux := http.NewServeMux()
@@ -86,32 +86,33 @@ func cmdServe(c *cli, args []string) error {
 		defer hs.Close()
 	}
 
-	file := cfg.File
+	st8 := &serveState{log: log, path: *path, live: live, pfDir: *pfDir, srv: srv, ls: ls, sm: sm,
+		cfg: cfg, pol: pol, keyed: st.HeaderKey != ""}
 	return runDaemon(log, service{
 		name: "milter",
-		run: func(ctx context.Context, ready func()) error {
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(ln) }()
-			log.Info("milter listening", "addr", ln.Addr().String(), "config", file, "version", currentVersion())
-			ready()
-			select {
-			case err := <-served:
+		start: func() error {
+			if err := ls.set(cfg, pol, hookNeeds(cfg, hook), nil); err != nil {
+				ls.stopAll(context.Background())
 				return err
+			}
+			return nil
+		},
+		run: func(ctx context.Context, ready func()) error {
+			ready()
+			var err error
+			select {
+			case err = <-ls.failed:
 			case <-ctx.Done():
 			}
 			sctx, scancel := context.WithTimeout(context.Background(), *grace)
 			defer scancel()
-			err := srv.Shutdown(sctx)
-			stopPolicyService(sctx, log, pd)
-			if err != nil {
-				log.Warn("milter shutdown incomplete", "err", err)
-			}
-			return nil
+			ls.stopAll(sctx)
+			return err
 		},
 		reload: func() {
-			cfg, pol = reload(log, *path, live, cfg, pol, srv, pd, sm)
-			logPostfixSide(log, cfg, pol, *pfDir)
-			sm.reload(cfg)
+			st8.reload()
+			logPostfixSide(log, st8.cfg, st8.pol, *pfDir)
+			sm.reload(st8.cfg)
 		},
 	})
 }
@@ -130,29 +131,87 @@ func servePolicy(log *slog.Logger, path string, live sieve.Liveness) (*config.Co
 	return cfg, pol, nil
 }
 
-// reload builds a new config+policy; on any error the old one keeps
-// serving. Listener addresses cannot change without a restart.
-func reload(log *slog.Logger, path string, live sieve.Liveness, old *config.Config, oldPol *sieve.Policy, srv *milter.Server, pd *policyd.Server, sm *sendmailSide) (*config.Config, *sieve.Policy) {
-	cfg, pol, err := servePolicy(log, path, live)
+// chooseHook is policyd.ChooseHook, the choice "vipmilter postfix" renders,
+// logged with its reason.
+func chooseHook(log *slog.Logger, cfg *config.Config, pol *sieve.Policy) (config.Hook, error) {
+	hook, why, err := policyd.ChooseHook(cfg, pol.Needs())
 	if err != nil {
-		logErrors(log, "reload failed; keeping the old policy", err)
-		return old, oldPol
+		return "", err
+	}
+	log.Info("hook", "hook", string(hook), "why", why)
+	return hook, nil
+}
+
+// serveState is what a reload replaces (cfg, pol, keyed) and what it
+// works with.
+type serveState struct {
+	log   *slog.Logger
+	path  string
+	live  sieve.Liveness
+	pfDir string
+	srv   *milter.Server
+	ls    *listeners
+	sm    *sendmailSide
+
+	cfg   *config.Config
+	pol   *sieve.Policy
+	keyed bool // the milter writes the header key
+}
+
+// reload builds a new config+policy and makes the listeners those of its
+// hook; on any error — a file that does not load, a header key that went
+// missing, a listener that does not start — the old policy and listeners
+// keep serving. While the Postfix side in pfDir is not yet rendered for
+// the new binding file (postfixSide), listeners the old hook needs keep
+// serving too: Postfix still connects to them. The milter's and policy
+// service's addresses cannot change without a restart.
+func (s *serveState) reload() {
+	log := s.log
+	refuse := func(err error) { logErrors(log, "reload failed; keeping the old policy", err) }
+	cfg, pol, err := servePolicy(log, s.path, s.live)
+	if err != nil {
+		refuse(err)
+		return
+	}
+	hook, err := chooseHook(log, cfg, pol)
+	if err != nil {
+		refuse(err)
+		return
+	}
+	want := hookNeeds(cfg, hook)
+	// Headers without the key would not route: keep the old settings,
+	// which have it.
+	if s.keyed && (want.Milter || want.Policy) && cfg.SendmailSocketmap.IsZero() {
+		if _, err := config.ReadHeaderKey(cfg.HeaderKeyFile); err != nil {
+			refuse(fmt.Errorf("Binding_Header_Key: %w", err))
+			return
+		}
 	}
 	logWarnings(log, cfg)
-	if cfg.MilterListen != old.MilterListen || cfg.MetricsListen != old.MetricsListen {
-		log.Warn("Milter_Listen/Metrics_Listen changed; restart vipmilter to apply")
+	if cfg.MetricsListen != s.cfg.MetricsListen {
+		log.Warn("Metrics_Listen changed; restart vipmilter to apply")
 	}
-	st, err := milterSettings(log, cfg, sm)
+	st, err := milterSettings(log, cfg, s.sm)
 	if err != nil {
-		log.Error("reload failed; keeping the old policy", "err", err)
-		return old, oldPol
+		refuse(err)
+		return
 	}
-	srv.SetPolicy(pol, st)
-	if pd != nil {
-		pd.SetPolicy(pol)
+	running := s.ls.running()
+	if running != want {
+		if stale, err := postfixSide(cfg, pol, s.pfDir); err != nil || stale != "" {
+			log.Warn("hook changed but the Postfix side is not rendered for it yet; the old hook's listeners keep serving (run vipmilter postfix, then reload)", "running", running.String(), "needed", want.String())
+			want = want.union(running)
+		}
+	}
+	if err := s.ls.set(cfg, pol, want, func() { s.srv.SetPolicy(pol, st) }); err != nil {
+		log.Error("reload failed; keeping the old policy and listeners", "err", err, "serving", running.String())
+		return
+	}
+	if now := s.ls.running(); now != running {
+		log.Info("listeners changed", "hook", string(hook), "was", running.String(), "now", now.String())
 	}
 	log.Info("policy reloaded", "config", cfg.File)
-	return cfg, pol
+	s.cfg, s.pol, s.keyed = cfg, pol, st.HeaderKey != ""
 }
 
 // milterSettings are the milter's settings from the loaded binding file, its
@@ -170,6 +229,9 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 			MaxBodyBytes:  cfg.MaxBodyBytes,
 			OnPolicyError: cfg.OnPolicyError,
 			Decided:       sm.decided(),
+
+			MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
+			CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
 		}, nil
 	}
 	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
@@ -186,6 +248,9 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 		MaxBodyBytes:  cfg.MaxBodyBytes,
 		OnPolicyError: cfg.OnPolicyError,
 		Decided:       sm.decided(),
+
+		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
+		CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
 	}, nil
 }
 
@@ -193,37 +258,6 @@ func logWarnings(log *slog.Logger, cfg *config.Config) {
 	for _, w := range cfg.Warnings {
 		log.Warn("config", "warning", w.Error())
 	}
-}
-
-// serveListener prefers a systemd-activated socket over Milter_Listen. A
-// unix socket whose directory does not exist is a usage error (exit 2) that
-// names the directory to create.
-func serveListener(log *slog.Logger, srv *milter.Server, cfg *config.Config) (net.Listener, error) {
-	if os.Getenv("LISTEN_FDS") != "" {
-		lns, err := activation.Listeners()
-		if err != nil {
-			return nil, fmt.Errorf("systemd socket activation: %w", err)
-		}
-		for _, ln := range lns {
-			if ln != nil {
-				// Postfix dials what "vipmilter postfix" rendered from
-				// Milter_Listen; a socket unit listening elsewhere would
-				// leave every message to On_Milter_Down.
-				if got := listenerAddress(ln); got != cfg.MilterListen.String() {
-					log.Warn("systemd passed a socket that differs from Milter_Listen; Postfix connects to Milter_Listen", "socket", got, "Milter_Listen", cfg.MilterListen.String())
-				}
-				return ln, nil
-			}
-		}
-		return nil, errors.New("systemd socket activation: LISTEN_FDS set but no listening socket")
-	}
-	if p := cfg.MilterListen.Path(); p != "" {
-		dir := filepath.Dir(p)
-		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-			return nil, &exitError{2, fmt.Errorf("Milter_Listen %s: directory %s does not exist; create it, writable by the user vipmilter runs as and searchable by Postfix (for /var/spool/postfix/vipmilter: systemd-tmpfiles --create vipmilter.conf), or use inet:127.0.0.1:8894", cfg.MilterListen, dir)}
-		}
-	}
-	return srv.Listen(cfg.MilterListen)
 }
 
 // presence returns the host's binding liveness, or nil (all live) when it

@@ -12,25 +12,16 @@ import (
 	"github.com/vipmilter/vipmilter/sieve"
 )
 
-// startPolicyService starts the SMTPD policy service on Policy_Listen when
-// the binding file and script take the policy hook (policyd.ChooseHook);
-// it returns nil, nil when they take another. The milter keeps serving
-// either way: mail from sendmail never reaches a policy service.
-func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy) (*policyd.Server, error) {
-	hook, why, err := policyd.ChooseHook(cfg, pol.Needs())
-	if err != nil {
-		return nil, err
-	}
-	log.Info("hook", "hook", string(hook), "why", why)
-	if hook != config.HookPolicy {
-		return nil, nil
-	}
+// startPolicyService starts the SMTPD policy service on Policy_Listen (the
+// policy hook, see hookNeeds). An error of the service's own, once it
+// serves, goes to failed (without blocking).
+func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy, failed chan<- error) (*policyd.Server, error) {
 	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("policy service: %w (run vipmilter postfix, which creates it)", err)
 	}
 	host, _ := os.Hostname()
-	pd := policyd.New(pol, policyd.Options{BindingHeader: cfg.BindingHeader, HeaderKey: key, Daemon: host, Log: log})
+	pd := policyd.New(pol, policyd.Options{BindingHeader: cfg.BindingHeader, HeaderKey: key, Daemon: host, MaxConns: cfg.MaxConnections, Log: log})
 	ln, err := pd.Listen(cfg.PolicyListen)
 	if err != nil {
 		return nil, err
@@ -38,6 +29,10 @@ func startPolicyService(log *slog.Logger, cfg *config.Config, pol *sieve.Policy)
 	go func() {
 		if err := pd.Serve(ln); err != nil && !errors.Is(err, policyd.ErrServerClosed) {
 			log.Error("policy service stopped", "err", err)
+			select {
+			case failed <- fmt.Errorf("policy service: %w", err):
+			default:
+			}
 		}
 	}()
 	log.Info("policy service listening", "addr", ln.Addr().String(), "Policy_Listen", cfg.PolicyListen.String())

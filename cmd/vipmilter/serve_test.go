@@ -63,8 +63,20 @@ type serveProc struct {
 // startServe runs "vipmilter serve -c conf" as a child process.
 func startServe(t *testing.T, conf string, args ...string) *serveProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], append([]string{"serve", "-c", conf}, args...)...)
-	cmd.Env = append(os.Environ(), serveChildEnv+"=1", "LISTEN_FDS=", "NOTIFY_SOCKET=", "VIPMILTER_CONFIG=")
+	return startServeEnv(t, nil, conf, args...)
+}
+
+// startServeEnv is startServe with env added to the child's environment.
+func startServeEnv(t *testing.T, env []string, conf string, args ...string) *serveProc {
+	t.Helper()
+	return startCmd(t, exec.Command(os.Args[0], append([]string{"serve", "-c", conf}, args...)...), env)
+}
+
+// startCmd starts cmd, a command line that runs this binary as vipmilter,
+// with env added to the child's environment.
+func startCmd(t *testing.T, cmd *exec.Cmd, env []string) *serveProc {
+	t.Helper()
+	cmd.Env = append(append(os.Environ(), serveChildEnv+"=1", "LISTEN_FDS=", "NOTIFY_SOCKET=", "VIPMILTER_CONFIG="), env...)
 	p := &serveProc{t: t, cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout = p.stderr
 	cmd.Stderr = p.stderr

@@ -126,6 +126,8 @@ func printDecision(w io.Writer, d sieve.Decision) {
 	}
 	if d.Split {
 		fmt.Fprintln(w, "split:   recipients would get different bindings")
+	} else if d.SplitUnknown {
+		fmt.Fprintln(w, "split:   unknown (detection stopped early; see the recipients step)")
 	}
 	if d.Err != nil {
 		fmt.Fprintf(w, "error:   %s\n", d.Err)

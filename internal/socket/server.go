@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vipmilter/vipmilter/config"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -22,8 +24,8 @@ type Server struct {
 	Name string
 	// Handle serves one connection and closes it.
 	Handle func(net.Conn)
-	// MaxConns caps open connections; further ones wait in the listen
-	// backlog. 0: no cap.
+	// MaxConns caps open connections (Max_Connections); further ones wait
+	// in the listen backlog. 0: config.DefaultMaxConnections.
 	MaxConns int
 	// Log receives the accept back-off warnings (nil: none).
 	Log *slog.Logger
@@ -57,9 +59,11 @@ func (s *Server) Closing() bool {
 // out of descriptors slows the server down instead of ending it.
 func (s *Server) Serve(ln net.Listener) error {
 	s.once.Do(func() {
-		if s.MaxConns > 0 {
-			s.sem = make(chan struct{}, s.MaxConns)
+		n := s.MaxConns
+		if n <= 0 {
+			n = config.DefaultMaxConnections
 		}
+		s.sem = make(chan struct{}, n)
 	})
 	s.mu.Lock()
 	if s.closing {
@@ -102,17 +106,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-func (s *Server) acquire() {
-	if s.sem != nil {
-		s.sem <- struct{}{}
-	}
-}
+func (s *Server) acquire() { s.sem <- struct{}{} }
 
-func (s *Server) release() {
-	if s.sem != nil {
-		<-s.sem
-	}
-}
+func (s *Server) release() { <-s.sem }
 
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()

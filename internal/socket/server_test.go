@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vipmilter/vipmilter/config"
 )
 
 // flakyListener fails its first n accepts with EMFILE, as a process out of
@@ -65,4 +67,30 @@ func TestServerBacksOffAndShutsDown(t *testing.T) {
 	if err := s.Serve(inner); !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve after Shutdown: %v", err)
 	}
+}
+
+// TestServerDefaultCap: a Server without MaxConns takes Max_Connections'
+// default, so a flood of idle clients cannot take every descriptor.
+func TestServerDefaultCap(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan struct{}, 1)
+	s := &Server{Name: "test", Handle: func(c net.Conn) { c.Close(); handled <- struct{}{} }}
+	go s.Serve(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case <-handled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection handled")
+	}
+	if got := cap(s.sem); got != config.DefaultMaxConnections {
+		t.Errorf("cap = %d, want config.DefaultMaxConnections %d", got, config.DefaultMaxConnections)
+	}
+	s.Shutdown(context.Background())
 }

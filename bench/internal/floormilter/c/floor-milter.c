@@ -3,7 +3,7 @@
  * any milter is measured against (issue 11). It negotiates away every stage
  * but end of message, adds one header there and accepts.
  *
- * Built at run time by package floormilter (bench/hooks/floormilter) from
+ * Built at run time by package floormilter (bench/internal/floormilter) from
  * Debian's libmilter-dev:
  *     cc -O2 -o floor-milter floor-milter.c -lmilter -lpthread
  * Usage: floor-milter unix:/path | inet:port@host
