@@ -301,7 +301,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if stale, detail, err := postfix.Stale(cfg, config.HookMilter, h.Postfix.Dir); err != nil || !stale {
+		if stale, detail, err := postfix.Stale(cfg, postfix.Options{Hook: config.HookMilter}, h.Postfix.Dir); err != nil || !stale {
 			t.Fatalf("Stale = %v, %q, %v; want stale", stale, detail, err)
 		}
 		// serve reloads the new file; "vipmilter postfix" is forgotten.
@@ -331,7 +331,7 @@ func TestRealHostSpoofAndChecks(t *testing.T) {
 		if err := h.ApplyPostfix(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if stale, detail, err := postfix.Stale(cfg, config.HookMilter, h.Postfix.Dir); err != nil || stale {
+		if stale, detail, err := postfix.Stale(cfg, postfix.Options{Hook: config.HookMilter}, h.Postfix.Dir); err != nil || stale {
 			t.Fatalf("after vipmilter postfix: Stale = %v, %q, %v", stale, detail, err)
 		}
 		if _, err := h.Net.MTA.Run(ctx, "postsuper", "-c", h.Postfix.Dir, "-r", "ALL", "hold"); err != nil {

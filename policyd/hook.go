@@ -37,6 +37,10 @@ func ChooseHook(cfg *config.Config, needs sieve.Needs) (hook config.Hook, reason
 	if needs.Size {
 		reads = append(reads, "the message size")
 	}
+	asked := "asked once per message, at DATA"
+	if needs.Recipients {
+		asked = "asked at every RCPT and at DATA, since a recipient can change the decision"
+	}
 	switch cfg.Hook {
 	case config.HookMilter:
 		return config.HookMilter, "Hook = milter forces the milter", nil
@@ -44,7 +48,7 @@ func ChooseHook(cfg *config.Config, needs sieve.Needs) (hook config.Hook, reason
 		if len(reads) > 0 {
 			return "", "", fmt.Errorf("%s: Hook = policy, but the Sieve script reads %s, which Postfix does not send to a policy service; use Hook = auto or milter", cfg.File, strings.Join(reads, ", "))
 		}
-		return config.HookPolicy, "Hook = policy forces the SMTPD policy service (mail from sendmail still passes the milter)", nil
+		return config.HookPolicy, "Hook = policy forces the SMTPD policy service, " + asked + " (mail from sendmail still passes the milter)", nil
 	}
 	switch {
 	case len(reads) > 0:
@@ -52,5 +56,5 @@ func ChooseHook(cfg *config.Config, needs sieve.Needs) (hook config.Hook, reason
 	case cfg.SieveScript == "":
 		return config.HookNone, "no Sieve script: Match_Domain alone, which Postfix's sender_dependent_default_transport_maps applies without asking vipmilter", nil
 	}
-	return config.HookPolicy, "the Sieve script reads only the envelope and the connection: the SMTPD policy service decides mail from smtpd (mail from sendmail still passes the milter)", nil
+	return config.HookPolicy, "the Sieve script reads only the envelope and the connection: the SMTPD policy service decides mail from smtpd, " + asked + " (mail from sendmail still passes the milter)", nil
 }

@@ -10,7 +10,8 @@ import (
 
 // PolicyHook is what the policy hook (config.HookPolicy, see
 // policyd.ChooseHook) adds to a rendered plan: Postfix asks vipmilter's
-// SMTPD policy service (Policy_Listen) at every RCPT and at DATA, and the
+// SMTPD policy service (Policy_Listen) at DATA, and at every RCPT too when
+// the decision can depend on a recipient (Options.PolicyRecipients); the
 // DATA answer PREPENDs the keyed binding header.
 //
 // With the policy hook the rest of the plan differs from the milter hook's
@@ -34,13 +35,18 @@ type PolicyHook struct {
 	// "check_policy_service { <address>, default_action=<action> }".
 	// Record it (like the milter entry) so a later run removes exactly it.
 	Entry string
-	// Main are smtpd_recipient_restrictions and smtpd_data_restrictions with
-	// Entry first, then the host's restrictions unchanged. First, because an
+	// Main are smtpd_data_restrictions (and smtpd_recipient_restrictions
+	// with PolicyRecipients) with Entry first, then the host's restrictions
+	// unchanged. First, because an
 	// earlier permit (permit_mynetworks) ends a list and vipmilter would not
 	// see the recipient or the message; the service always answers DUNNO at
 	// RCPT and PREPEND (which does not end the list) at DATA, so the host's
 	// restrictions decide exactly as before.
 	Main []Param
+	// Unset is smtpd_recipient_restrictions when an earlier run put Entry
+	// there, this one does not (no PolicyRecipients), and nothing of the
+	// host's is left in it.
+	Unset []string
 	// ServiceParams set smtpd_policy_service_policy_context on the smtpd
 	// services named in daemonNames: the policy's vnd.vipmilter.daemon, as
 	// milter_macro_daemon_name is for the milter.
@@ -73,6 +79,18 @@ func PolicyService(cfg *config.Config, opts Options, host map[string]string, pre
 	h := &PolicyHook{Entry: policyEntry(addr, cfg), NonSMTPDMilter: true}
 	for _, name := range []string{"smtpd_recipient_restrictions", "smtpd_data_restrictions"} {
 		rest := withoutEntry(host[name], h.Entry, prevEntry)
+		if name == "smtpd_recipient_restrictions" && !opts.PolicyRecipients {
+			// Asked at DATA only: take back an earlier run's entry.
+			v, set := host[name]
+			switch {
+			case !set || !(containsEntry(v, h.Entry) || containsEntry(v, prevEntry)):
+			case rest != "":
+				h.Main = append(h.Main, Param{name, rest})
+			default:
+				h.Unset = append(h.Unset, name)
+			}
+			continue
+		}
 		v := h.Entry
 		if rest != "" {
 			v += ", " + rest

@@ -110,6 +110,11 @@ type Options struct {
 	// its compiled script (the same choice "vipmilter serve" makes):
 	// config.HookNone, HookPolicy or HookMilter ("" = milter).
 	Hook config.Hook
+	// PolicyRecipients, with HookPolicy, asks the policy service at every
+	// RCPT as well as at DATA: the decision can depend on a recipient
+	// (sieve.Needs.Recipients). Without it Postfix asks once, at DATA,
+	// whose request carries everything else the policy reads.
+	PolicyRecipients bool
 	// DaemonNames sets milter_macro_daemon_name on smtpd services, so the
 	// policy's vnd.vipmilter.daemon tells them apart: "submission/inet" ->
 	// "submission". Stock Postfix sends $myhostname for every service.
@@ -212,7 +217,7 @@ func Render(cfg *config.Config, opts Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	digest, err := Digest(cfg, opts.Key, opts.Hook)
+	digest, err := Digest(cfg, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -238,12 +243,12 @@ func Render(cfg *config.Config, opts Options) (*Plan, error) {
 	return &p.Plan, nil
 }
 
-// Digest is a hex SHA-256 of everything Render derives from cfg, key and
-// hook (Options.Hook), independent of the host: two binding files with
-// equal digests render the same Postfix configuration. StampFile records
-// it; Stale compares it.
-func Digest(cfg *config.Config, key string, hook config.Hook) (string, error) {
-	p, err := render(cfg, Options{ConfigDir: "/", Key: key, Hook: hook})
+// Digest is a hex SHA-256 of everything Render derives from cfg and the
+// host-independent options (Key, Hook, PolicyRecipients; the others are
+// ignored): two binding files with equal digests render the same Postfix
+// configuration. StampFile records it; Stale compares it.
+func Digest(cfg *config.Config, opts Options) (string, error) {
+	p, err := render(cfg, Options{ConfigDir: "/", Key: opts.Key, Hook: opts.Hook, PolicyRecipients: opts.PolicyRecipients})
 	if err != nil {
 		return "", err
 	}
@@ -659,6 +664,7 @@ func (p *rendered) restrictions(cfg *config.Config, opts Options, combine func(s
 		}
 		p.policyEntry = h.Entry
 		p.Main = append(p.Main, h.Main...)
+		p.Unset = append(p.Unset, h.Unset...)
 		p.ServiceParams = append(p.ServiceParams, h.ServiceParams...)
 		for _, name := range []string{"mime_header_checks", "nested_header_checks"} {
 			// Set explicitly: their default, $header_checks, now routes.

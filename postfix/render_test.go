@@ -368,6 +368,7 @@ func TestRenderHooks(t *testing.T) {
 	for _, tt := range []struct {
 		name     string
 		hook     config.Hook
+		rcpts    bool // PolicyRecipients
 		filtered bool
 		services map[string]string // more master.cf overrides
 		want     []string
@@ -387,7 +388,7 @@ func TestRenderHooks(t *testing.T) {
 		{name: "none behind a content filter: the re-injection routes nothing either", hook: config.HookNone, filtered: true,
 			want:    []string{"service vip_filtered unix n - - - 0 cleanup -o syslog_name=postfix/vip_filtered -o header_checks=" + strip + " "},
 			notWant: []string{"8894", "=" + routes, "=" + requeue}},
-		{name: "policy: the policy service first, the milter for sendmail only, smtpd's cleanup routes", hook: config.HookPolicy,
+		{name: "policy: the policy service first, the milter for sendmail only, smtpd's cleanup routes", hook: config.HookPolicy, rcpts: true,
 			want: []string{
 				"main smtpd_milters = inet:127.0.0.1:8891\n",
 				"main non_smtpd_milters = $smtpd_milters, " + milter + "\n",
@@ -400,6 +401,9 @@ func TestRenderHooks(t *testing.T) {
 				"-o header_checks=" + routes + ",pcre:/etc/postfix/hc -o mime_header_checks=" + strip + ",pcre:/etc/postfix/hc",
 			},
 			notWant: []string{"main smtpd_milters = inet:127.0.0.1:8891, {"}},
+		{name: "policy, no recipient changes the decision: asked at DATA only", hook: config.HookPolicy,
+			want:    []string{"main smtpd_data_restrictions = " + policy + "\n", "main non_smtpd_milters = $smtpd_milters, " + milter + "\n"},
+			notWant: []string{"main smtpd_recipient_restrictions", "unset smtpd_recipient_restrictions"}},
 		{name: "policy behind a content filter: first pass keeps the header, the re-injection routes", hook: config.HookPolicy, filtered: true,
 			want: []string{
 				"main header_checks = " + requeue + ", pcre:/etc/postfix/hc\n",
@@ -419,7 +423,7 @@ func TestRenderHooks(t *testing.T) {
 			notWant: []string{"check_policy_service", "main mime_header_checks"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			opts := Options{ConfigDir: "/etc/postfix", Key: testKey, Hook: tt.hook, Main: host,
+			opts := Options{ConfigDir: "/etc/postfix", Key: testKey, Hook: tt.hook, PolicyRecipients: tt.rcpts, Main: host,
 				Services: map[string][]string{"submission/inet": strings.Fields("submission inet n - y - - smtpd")}, ServiceParams: map[string]string{}}
 			if tt.filtered {
 				opts.ContentFilter, opts.Services, opts.ServiceParams = filter.ContentFilter, filter.Services, filter.ServiceParams

@@ -17,9 +17,10 @@ import (
 // digest, never the key). check and serve call it; mail for a binding
 // Postfix does not know is held meanwhile (HeaderChecksFile's last rule).
 //
-// hook is the hook policyd.ChooseHook picks now: a script edit that changes
-// it makes the Postfix side stale too.
-func Stale(cfg *config.Config, hook config.Hook, configDir string) (bool, string, error) {
+// hooked holds the hook policyd.ChooseHook picks now and PolicyRecipients
+// (other fields are ignored; Key is read here): a script edit that changes
+// either makes the Postfix side stale too.
+func Stale(cfg *config.Config, hooked Options, configDir string) (bool, string, error) {
 	path := filepath.Join(configDir, StampFile)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -32,7 +33,8 @@ func Stale(cfg *config.Config, hook config.Hook, configDir string) (bool, string
 	if err != nil {
 		return false, "", err
 	}
-	want, err := Digest(cfg, key, hook)
+	hooked.Key = key
+	want, err := Digest(cfg, hooked)
 	if err != nil {
 		return false, "", err
 	}

@@ -185,9 +185,14 @@ func (b *bench) checkRendered(ctx context.Context, v variant) error {
 			wrong = append(wrong, "check_policy_service is rendered")
 		}
 	case kindPolicy:
+		// The script reads no recipient and the file has no sticky
+		// group, so Postfix asks once per message, at DATA.
 		entry := "check_policy_service { " + b.seen(v.listen) + ","
-		if !strings.HasPrefix(rcpt, entry) || !strings.HasPrefix(data, entry) {
-			wrong = append(wrong, fmt.Sprintf("check_policy_service on %s is not first in smtpd_recipient_restrictions (%q) and smtpd_data_restrictions (%q)", v.listen, rcpt, data))
+		if !strings.HasPrefix(data, entry) {
+			wrong = append(wrong, fmt.Sprintf("check_policy_service on %s is not first in smtpd_data_restrictions (%q)", v.listen, data))
+		}
+		if strings.Contains(rcpt, "check_policy_service") {
+			wrong = append(wrong, fmt.Sprintf("check_policy_service is in smtpd_recipient_restrictions (%q), though no recipient changes the decision", rcpt))
 		}
 		if smtpdMilters != "" {
 			wrong = append(wrong, "smtpd_milters = "+smtpdMilters+": smtpd mail would pass the milter too")

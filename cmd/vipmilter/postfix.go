@@ -26,8 +26,8 @@ egress, Match_Domain sender maps, and cleanups that keep requeued and
 content-filtered mail on its binding. The hook follows the binding file and
 its script, as "vipmilter check" prints it: none (Match_Domain only: no
 milter, no policy service), policy (check_policy_service first in
-smtpd_recipient_restrictions and smtpd_data_restrictions, the milter in
-non_smtpd_milters only) or milter (after the host's own milters); entries of
+smtpd_data_restrictions, and in smtpd_recipient_restrictions when a
+recipient can change the decision; the milter in non_smtpd_milters only) or milter (after the host's own milters); entries of
 an earlier hook are removed. The host's own checks, milters and maps are kept, never replaced.
 Everything is staged and checked ("postfix check" on the staged copy) before
 anything is switched in: on failure nothing changed. Only what differs is
@@ -78,6 +78,7 @@ func cmdPostfix(c *cli, args []string) error {
 	opts.LocalDelivery = len(st.LocalDomains) > 0
 	opts.DaemonNames = daemonNames
 	opts.Hook = hook
+	opts.PolicyRecipients = pol.Needs().Recipients
 	// The key's group lets the unprivileged milter read it (systemd/vipmilter.sysusers).
 	gid := -1
 	if g, err := user.LookupGroup("vipmilter"); err == nil {

@@ -36,7 +36,7 @@ func postfixSide(cfg *config.Config, pol *sieve.Policy, dir string) (stale strin
 	if err != nil {
 		return "", err
 	}
-	isStale, detail, err := postfix.Stale(cfg, hook, dir)
+	isStale, detail, err := postfix.Stale(cfg, postfix.Options{Hook: hook, PolicyRecipients: pol.Needs().Recipients}, dir)
 	if err != nil {
 		return "", err
 	}
