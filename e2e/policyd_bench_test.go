@@ -86,7 +86,7 @@ if envelope :domain :is "from" "example.com" { set "binding" "News"; }
 	if err != nil {
 		b.Fatal(err)
 	}
-	routes := "/^X-Binding: News " + policyKey + "$/ FILTER vip_News:\n/^X-Binding:/ IGNORE\n"
+	routes := "/^X-Binding: News[[:space:]]+" + policyKey + "$/ FILTER vip_News:\n/^X-Binding:/ IGNORE\n"
 	if err := os.WriteFile(filepath.Join(pf.Dir, "route_checks"), []byte(routes), 0o644); err != nil {
 		b.Fatal(err)
 	}

@@ -182,7 +182,9 @@ func summarize(mods []gomilter.ModifyAction) (changed, added []string) {
 	for _, m := range mods {
 		switch m.Type {
 		case gomilter.ActionAddHeader:
-			added = append(added, m.HeaderName+": "+m.HeaderValue)
+			// The spaces that keep the key out of Postfix's log
+			// (config.BindingHeaderValue, tested there) read as one.
+			added = append(added, m.HeaderName+": "+strings.Join(strings.Fields(m.HeaderValue), " "))
 		default:
 			changed = append(changed, m.String())
 		}

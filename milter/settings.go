@@ -14,7 +14,8 @@ type Settings struct {
 	// "X-Binding" (Binding_Header).
 	BindingHeader string
 	// HeaderKey is the per-install secret (Binding_Header_Key). The header
-	// value is "<binding> <key>"; just "<binding>" when HeaderKey is empty
+	// value is "<binding> <key>" with the key moved past what Postfix logs
+	// (config.BindingHeaderValue); just "<binding>" when HeaderKey is empty
 	// (tests only: the Postfix side routes only on keyed values).
 	HeaderKey string
 	// NoHeader writes no binding header: the MTA learns the decision from
@@ -104,10 +105,8 @@ func (s Settings) withDefaults() Settings {
 	return s
 }
 
-// headerValue is the binding header's value for binding.
+// headerValue is the binding header's value for binding
+// (config.BindingHeaderValue: the key past what Postfix logs).
 func (s Settings) headerValue(binding string) string {
-	if s.HeaderKey == "" {
-		return binding
-	}
-	return binding + " " + s.HeaderKey
+	return config.BindingHeaderValue(s.BindingHeader, binding, s.HeaderKey)
 }

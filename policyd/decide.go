@@ -69,11 +69,7 @@ func (s *Server) decide(m *message, r *Request) string {
 	case sieve.Tempfail:
 		return "451 4.3.0 binding policy failed, try again later"
 	}
-	v := d.Binding
-	if cur.key != "" {
-		v += " " + cur.key
-	}
-	return "PREPEND " + cur.header + ": " + v
+	return "PREPEND " + cur.header + ": " + config.BindingHeaderValue(cur.header, d.Binding, cur.key)
 }
 
 // errUncertain is the policy error for a message whose accepted recipients

@@ -54,8 +54,9 @@ const SocketMode fs.FileMode = 0o666
 // Options configure a Server.
 type Options struct {
 	// BindingHeader and HeaderKey make the PREPEND value
-	// "<BindingHeader>: <binding> <HeaderKey>" (without " <HeaderKey>" when
-	// it is empty, tests only), the value the milter writes.
+	// "<BindingHeader>: <binding> <HeaderKey>" (config.BindingHeaderValue:
+	// the key past what Postfix logs; without it when it is empty, tests
+	// only), the value the milter writes.
 	BindingHeader string
 	HeaderKey     string
 	// Daemon is sieve.Message.Daemon when a request has no policy_context.

@@ -16,7 +16,9 @@ func newServer(t testing.TB, script string, extra ...string) *Server {
 	return New(testPolicy(t, script, extra...), Options{BindingHeader: "X-Binding", HeaderKey: key, Daemon: "mta.test", Log: quietLog()})
 }
 
-func prepend(binding string) string { return "PREPEND X-Binding: " + binding + " " + key }
+func prepend(binding string) string {
+	return "PREPEND X-Binding: " + config.BindingHeaderValue("X-Binding", binding, key)
+}
 
 // TestMessages runs whole messages through one connection: the RCPT
 // requests, then DATA, whose action is checked.
@@ -172,7 +174,7 @@ func TestSetPolicy(t *testing.T) {
 		t.Fatalf("before reload: %q, want %q", got, prepend("VIP"))
 	}
 	s.SetPolicy(testPolicy(t, `require ["variables"]; set "binding" "News";`), "X-Route", "n3wk3y")
-	if got, want := msg("m2"), "PREPEND X-Route: News n3wk3y"; got != want {
+	if got, want := msg("m2"), "PREPEND X-Route: "+config.BindingHeaderValue("X-Route", "News", "n3wk3y"); got != want {
 		t.Fatalf("after reload: %q, want %q", got, want)
 	}
 }

@@ -10,9 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 )
 
 // ApplyOptions control Apply.
@@ -161,7 +165,7 @@ func Apply(ctx context.Context, plan *Plan, st *State, ao ApplyOptions) (*Result
 	}
 	for _, key := range sortedKeys(st.ServiceParams) {
 		svc, name := splitParamKey(key)
-		if wantP[key] || want[svc] || owns(plan.Prefix, svc, st.Services[svc]) || !ownedParam(plan.Prefix, key, st.ServiceParams[key]) {
+		if wantP[key] || want[svc] || owns(plan.Prefix, svc, st.Services[svc]) || !(ownedParam(plan.Prefix, key, st.ServiceParams[key]) || slices.Contains(plan.DropParams, key)) {
 			continue
 		}
 		e.punset = append(e.punset, key)
@@ -307,9 +311,10 @@ func (e *edits) stage(ctx context.Context, dir, stage string) (string, error) {
 	}
 	// postfix check calls postconf several times, and postconf's time grows
 	// with the square of the services carrying -o overrides (minutes at
-	// 3,000). Binding transports differ only in name and values, so the
-	// check sees the first checkSample whole and the rest without their
-	// overrides: every service line and every main.cf setting is checked.
+	// 3,000). So the check sees the first checkSample vipmilter services
+	// whole and the rest without their overrides (every service line and
+	// every main.cf setting is checked), while checkServices reads the rest
+	// whole, checkSample at a time, beside it.
 	sample := filepath.Join(stage, "check")
 	if err := os.Mkdir(sample, 0o755); err != nil {
 		return "", err
@@ -320,7 +325,72 @@ func (e *edits) stage(ctx context.Context, dir, stage string) (string, error) {
 	if err := writeFile(filepath.Join(sample, "master.cf"), withServices(b, e.lines, checkSample), 0o644); err != nil {
 		return "", err
 	}
-	return postfixCheck(ctx, sample)
+	if err := cooled(sample); err != nil {
+		return "", err
+	}
+	var rest string
+	var restErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rest, restErr = checkServices(ctx, stage, e.lines[checkSample:])
+	}()
+	check, err := postfixCheck(ctx, sample)
+	<-done
+	if err == nil {
+		err = restErr
+	}
+	return check + rest, err
+}
+
+// checkServices has postconf read master.cf entries whole, checkSample at a
+// time (each beside the staged main.cf), as "postfix check" reads master.cf
+// (its "postconf -M"): a malformed entry fails, an override Postfix does not
+// know is warned about ("unused parameter"). It returns the warnings. Small
+// batches keep postconf's cost linear in the number of entries.
+func checkServices(ctx context.Context, stage string, lines []string) (string, error) {
+	var batches [][]string
+	for len(lines) > 0 {
+		n := min(checkSample, len(lines))
+		batches, lines = append(batches, lines[:n]), lines[n:]
+	}
+	warnings := make([]string, len(batches))
+	errs := make([]error, len(batches))
+	slots := make(chan struct{}, max(1, runtime.NumCPU()))
+	var wg sync.WaitGroup
+	for i, batch := range batches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			warnings[i], errs[i] = checkBatch(ctx, filepath.Join(stage, fmt.Sprintf("check-%d", i)), filepath.Join(stage, "main.cf"), batch)
+		}()
+	}
+	wg.Wait()
+	return strings.Join(warnings, ""), errors.Join(errs...)
+}
+
+// checkBatch runs "postconf -M" on a directory holding mainCF and a
+// master.cf of lines.
+func checkBatch(ctx context.Context, dir, mainCF string, lines []string) (string, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := copyFile(mainCF, filepath.Join(dir, "main.cf")); err != nil {
+		return "", err
+	}
+	if err := writeFile(filepath.Join(dir, "master.cf"), withServices(nil, lines, len(lines)), 0o644); err != nil {
+		return "", err
+	}
+	if err := cooled(dir); err != nil {
+		return "", err
+	}
+	_, stderr, err := output3(ctx, "postconf", "-c", dir, "-M")
+	if err != nil {
+		return stderr, fmt.Errorf("postfix check on the staged configuration failed: %s", strings.TrimSpace(stderr))
+	}
+	return stderr, nil
 }
 
 // withServices appends service entries to master.cf text; those after the
@@ -338,6 +408,18 @@ func withServices(master []byte, lines []string, whole int) []byte {
 		m.WriteString(line + "\n")
 	}
 	return []byte(m.String())
+}
+
+// cooled dates back main.cf in dir, a throw-away copy made for a check:
+// Postfix reads a main.cf changed within the last second again and again,
+// 0.3 s apart, until it is older (util/dict.c, dict_load_file_xt), which
+// cost every postconf run on a fresh copy about 2 s.
+func cooled(dir string) error {
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(filepath.Join(dir, "main.cf"), old, old); err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
+	return nil
 }
 
 // checkSample is how many vipmilter services postfix check sees whole.

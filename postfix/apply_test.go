@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vipmilter/vipmilter/config"
 )
 
 // snapshot is everything Apply may touch: main.cf, master.cf and the tables.
@@ -72,6 +74,11 @@ func TestApplyRoutesAndRemoval(t *testing.T) {
 	st := "hash:" + filepath.Join(dir, SenderTransportFile)
 	for _, tt := range []struct{ table, key, want string }{
 		{hc, "X-Binding: A.b " + testKey, "FILTER vip_A.b:"},
+		// As the milter writes it: the key past what Postfix logs.
+		{hc, "X-Binding: " + config.BindingHeaderValue("X-Binding", "A.b", testKey), "FILTER vip_A.b:"},
+		{hc, "X-Binding: A.b\n\t" + testKey, "FILTER vip_A.b:"}, // folded
+		{hc, "X-Binding: " + config.BindingHeaderValue("X-Binding", "new", testKey), "HOLD"},
+		{"regexp:" + filepath.Join(dir, RequeueChecksFile), "X-Binding: " + config.BindingHeaderValue("X-Binding", "c", testKey), "DUNNO"},
 		{hc, "X-Binding: A.b", "IGNORE"},                                  // no key: a client's copy
 		{hc, "X-Binding: A.b 0123456789abcdef0123456789abcdee", "IGNORE"}, // wrong key
 		{hc, "X-Binding: AxB " + testKey, "HOLD"},                         // '.' is literal; unknown names wait

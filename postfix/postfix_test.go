@@ -61,6 +61,17 @@ func privateDir(t *testing.T, extraMain string) string {
 
 func apply(t *testing.T, dir string, cfg *config.Config, dry bool) (*Result, string) {
 	t.Helper()
+	return applyOpts(t, dir, cfg, ApplyOptions{DryRun: dry}, nil)
+}
+
+// applyWith applies cfg with the options of dir's state changed by opt.
+func applyWith(t *testing.T, dir string, cfg *config.Config, opt func(*Options)) (*Result, string) {
+	t.Helper()
+	return applyOpts(t, dir, cfg, ApplyOptions{}, opt)
+}
+
+func applyOpts(t *testing.T, dir string, cfg *config.Config, ao ApplyOptions, opt func(*Options)) (*Result, string) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := ReadState(ctx, dir)
 	if err != nil {
@@ -68,12 +79,16 @@ func apply(t *testing.T, dir string, cfg *config.Config, dry bool) (*Result, str
 	}
 	opts := st.Options()
 	opts.Key = testKey
+	if opt != nil {
+		opt(&opts)
+	}
 	plan, err := Render(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	res, err := Apply(ctx, plan, st, ApplyOptions{DryRun: dry, Out: &out})
+	ao.Out = &out
+	res, err := Apply(ctx, plan, st, ao)
 	if err != nil {
 		t.Fatalf("apply: %v\n%s", err, out.String())
 	}

@@ -119,6 +119,11 @@ type Options struct {
 	// policy's vnd.vipmilter.daemon tells them apart: "submission/inet" ->
 	// "submission". Stock Postfix sends $myhostname for every service.
 	DaemonNames map[string]string
+	// PrevDaemonNames are the per-service overrides an earlier run added
+	// for DaemonNames (StampFile), "name/type/param" -> value: a later run
+	// that no longer wants one removes it, unless its value changed since
+	// (then it is the administrator's).
+	PrevDaemonNames map[string]string
 }
 
 // Param is one main.cf parameter.
@@ -164,6 +169,11 @@ type Plan struct {
 	ServiceParams []ServiceParam
 	Tables        []Table
 
+	// DropParams are "name/type/param" overrides an earlier run added
+	// (Options.PrevDaemonNames) that this plan no longer wants; Apply
+	// removes them.
+	DropParams []string
+
 	// Suspended lists the transports deliberately left out of master.cf so
 	// their mail defers ("mail transport unavailable") until re-applied.
 	Suspended []string
@@ -191,6 +201,11 @@ var ownedServiceParams = map[string][]string{
 // attach the original).
 var egressParams = []string{"smtp_header_checks", "smtp_mime_header_checks", "smtp_nested_header_checks"}
 
+// keySpace matches the spaces between the binding name and the key in the
+// binding header (config.BindingHeaderValue), folded or not (POSIX
+// [[:space:]] includes the newline of a continuation line).
+const keySpace = "[[:space:]]+"
+
 // concurrencySuffix marks per-binding main.cf parameters as vipmilter's
 // (together with the transport prefix).
 const concurrencySuffix = "_destination_concurrency_limit"
@@ -217,6 +232,13 @@ func Render(cfg *config.Config, opts Options) (*Plan, error) {
 	if len(p.defaulted) > 0 {
 		stamp += "defaulted " + strings.Join(p.defaulted, " ") + "\n"
 	}
+	if len(p.daemonNames) > 0 {
+		var kv []string
+		for _, k := range sortedKeys(p.daemonNames) {
+			kv = append(kv, k+"="+p.daemonNames[k])
+		}
+		stamp += "daemon-names " + strings.Join(kv, " ") + "\n"
+	}
 	p.Tables = append(p.Tables, Table{Path: filepath.Join(p.ConfigDir, StampFile), Content: stamp, Mode: 0o644})
 	return &p.Plan, nil
 }
@@ -241,6 +263,9 @@ type rendered struct {
 	milterEntry string   // "" when no milter list holds vipmilter's
 	policyEntry string   // "" when no restriction list holds vipmilter's
 	defaulted   []string // see Options.PrevDefaulted
+	// daemonNames are the DaemonNames overrides this run owns (it set them,
+	// or an earlier run did): "name/type/param" -> value.
+	daemonNames map[string]string
 }
 
 func source(cfg *config.Config) string {
@@ -333,11 +358,13 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 	hdr.WriteString("# A binding header routes only with the key; the key is what only the milter knows.\n")
 	keep.WriteString("# Requeued mail passes the content filter again: keep the keyed header for the re-injection, strip other copies.\n")
 	qh := regexp.QuoteMeta(header)
+	// keyed matches config.BindingHeaderValue for name: the spaces that put
+	// the key past what Postfix logs, as [[:space:]]+ (also across a fold).
 	keyed := func(name string) string {
 		if opts.Key == "" {
-			return name
+			return regexp.QuoteMeta(name)
 		}
-		return name + " " + opts.Key
+		return regexp.QuoteMeta(name) + keySpace + opts.Key
 	}
 
 	var egress [][]string
@@ -352,7 +379,7 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		if b.Name == config.DefaultBindingName && len(b.Addresses) == 0 {
 			// The fallback without an address of its own is Postfix's
 			// ordinary delivery (config allows it only for "default").
-			fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:%s\n", qh, regexp.QuoteMeta(keyed(b.Name)), b.Relay)
+			fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:%s\n", qh, keyed(b.Name), b.Relay)
 			for _, d := range b.MatchDomains {
 				fmt.Fprintf(&senders, "@%s smtp:%s\n", d, b.Relay)
 			}
@@ -368,7 +395,7 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		}
 		// Anchored and case-sensitive ("i" toggles Postfix's default
 		// case-insensitive matching): binding names are case-sensitive.
-		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER %s:%s\n", qh, regexp.QuoteMeta(keyed(b.Name)), transport, b.Relay)
+		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER %s:%s\n", qh, keyed(b.Name), transport, b.Relay)
 		for _, d := range b.MatchDomains {
 			fmt.Fprintf(&senders, "@%s %s:%s\n", d, transport, b.Relay)
 		}
@@ -426,17 +453,17 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 	case ownDefault:
 	case opts.LocalDelivery:
 		// FILTER smtp: would send local mail out; leave it to Postfix.
-		fmt.Fprintf(&hdr, "/^%s: %s$/i DUNNO\n", qh, regexp.QuoteMeta(keyed(config.DefaultBindingName)))
+		fmt.Fprintf(&hdr, "/^%s: %s$/i DUNNO\n", qh, keyed(config.DefaultBindingName))
 	default:
 		// The milter writes "default" for mail it leaves to Postfix.
-		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:\n", qh, regexp.QuoteMeta(keyed(config.DefaultBindingName)))
+		fmt.Fprintf(&hdr, "/^%s: %s$/i FILTER smtp:\n", qh, keyed(config.DefaultBindingName))
 	}
 	if opts.Key != "" {
 		// A binding the milter knows and this table does not (the binding
 		// file changed, "vipmilter postfix" not run): hold the mail rather
 		// than send it from the default address.
-		fmt.Fprintf(&hdr, "/^%s: (\\S+) %s$/i HOLD vipmilter: binding $1 is unknown to Postfix: run \"vipmilter postfix\", then \"postsuper -r ALL hold\"\n", qh, opts.Key)
-		fmt.Fprintf(&keep, "/^%s: \\S+ %s$/i DUNNO\n", qh, opts.Key)
+		fmt.Fprintf(&hdr, "/^%s: (\\S+)%s%s$/i HOLD vipmilter: binding $1 is unknown to Postfix: run \"vipmilter postfix\", then \"postsuper -r ALL hold\"\n", qh, keySpace, opts.Key)
+		fmt.Fprintf(&keep, "/^%s: \\S+%s%s$/i DUNNO\n", qh, keySpace, opts.Key)
 	}
 	// Any other copy is a client's: it never routes and never stays.
 	for _, b := range []*strings.Builder{&hdr, &keep} {
@@ -455,6 +482,9 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 		}
 		p.ServiceParams = append(p.ServiceParams, ServiceParam{svc, "milter_macro_daemon_name", name})
 	}
+	if err := p.ownDaemonNames(opts); err != nil {
+		return nil, err
+	}
 
 	var st strings.Builder
 	fmt.Fprintf(&st, generatedHeader, src)
@@ -467,6 +497,45 @@ func render(cfg *config.Config, opts Options) (*rendered, error) {
 	}
 	sort.SliceStable(p.ServiceParams, func(i, j int) bool { return p.ServiceParams[i].Key() < p.ServiceParams[j].Key() })
 	return p, nil
+}
+
+// daemonNameParams are the per-service overrides --daemon-name sets
+// (milter_macro_daemon_name; the policy hook's
+// smtpd_policy_service_policy_context, see PolicyService).
+var daemonNameParams = []string{"milter_macro_daemon_name", "smtpd_policy_service_policy_context"}
+
+// ownDaemonNames decides which --daemon-name overrides are vipmilter's, the
+// way the milter and policy entries are: an override is vipmilter's when
+// this or an earlier run (opts.PrevDaemonNames) set it, never when the
+// administrator wrote it. One the administrator set to another value is
+// refused rather than replaced; one an earlier run set and this run does not
+// render goes to DropParams, unless its value changed since (then someone
+// else set it, and it stays).
+func (p *rendered) ownDaemonNames(opts Options) error {
+	p.daemonNames = map[string]string{}
+	want := map[string]bool{}
+	for _, sp := range p.ServiceParams {
+		if !slices.Contains(daemonNameParams, sp.Name) {
+			continue
+		}
+		key := sp.Key()
+		want[key] = true
+		cur, set := opts.ServiceParams[key]
+		_, ours := opts.PrevDaemonNames[key]
+		switch {
+		case ours || !set:
+			p.daemonNames[key] = sp.Value
+		case cur != sp.Value:
+			return fmt.Errorf("master.cf %s already sets %s=%s (not set by vipmilter): remove it (postconf -PX %s) or pass --daemon-name %s=%s, and run vipmilter postfix again", sp.Service, sp.Name, cur, key, sp.Service, cur)
+		}
+		// set to the same value by the administrator: theirs, left alone.
+	}
+	for _, key := range sortedKeys(opts.PrevDaemonNames) {
+		if cur, set := opts.ServiceParams[key]; !want[key] && set && cur == opts.PrevDaemonNames[key] {
+			p.DropParams = append(p.DropParams, key)
+		}
+	}
+	return nil
 }
 
 // cleanups renders the cleanup services vipmilter adds and points pickup

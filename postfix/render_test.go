@@ -31,8 +31,8 @@ func TestRender(t *testing.T) {
 			want: []string{
 				"service vip_news unix - - y - 50 smtp -o syslog_name=postfix/vip_news -o smtp_bind_address=192.0.2.20 -o smtp_bind_address_enforce=yes -o inet_protocols=ipv4 -o smtp_helo_name=news.example.org -o smtp_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o smtp_mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o smtp_nested_header_checks=regexp:/etc/postfix/vipmilter_strip_checks",
 				"main vip_news_destination_concurrency_limit = 8",
-				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: news KEY$/i FILTER vip_news:",
-				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: (\\S+) KEY$/i HOLD vipmilter: binding $1 is unknown to Postfix",
+				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: news[[:space:]]+KEY$/i FILTER vip_news:",
+				"table /etc/postfix/vipmilter_header_checks: /^X-Binding: (\\S+)[[:space:]]+KEY$/i HOLD vipmilter: binding $1 is unknown to Postfix",
 				"table /etc/postfix/vipmilter_header_checks: /^X-Binding:/ IGNORE",
 				"table /etc/postfix/vipmilter_strip_checks: /^X-Binding:/ IGNORE",
 				"main smtpd_milters = { inet:127.0.0.1:8894, default_action=accept }",
@@ -52,7 +52,7 @@ func TestRender(t *testing.T) {
 			cfg: func() *config.Config {
 				return testConfig(binding("news", "192.0.2.20"))
 			},
-			want: []string{"table /etc/postfix/vipmilter_header_checks: /^X-Binding: default KEY$/i FILTER smtp:"},
+			want: []string{"table /etc/postfix/vipmilter_header_checks: /^X-Binding: default[[:space:]]+KEY$/i FILTER smtp:"},
 		},
 		{
 			name: "no default binding on a host that delivers locally: no default rule",
@@ -60,7 +60,7 @@ func TestRender(t *testing.T) {
 				return testConfig(binding("news", "192.0.2.20"))
 			},
 			opts:    Options{ConfigDir: "/etc/postfix", LocalDelivery: true},
-			want:    []string{"/^X-Binding: default KEY$/i DUNNO"},
+			want:    []string{"/^X-Binding: default[[:space:]]+KEY$/i DUNNO"},
 			notWant: []string{"FILTER smtp:"},
 		},
 		{
@@ -70,7 +70,7 @@ func TestRender(t *testing.T) {
 			},
 			want: []string{
 				"-o smtp_bind_address6=2001:db8::10 -o smtp_bind_address_enforce=yes -o inet_protocols=ipv6",
-				`/^X-Binding: a\.b_c KEY$/i FILTER vip_a.b_c:`,
+				`/^X-Binding: a\.b_c[[:space:]]+KEY$/i FILTER vip_a.b_c:`,
 			},
 			notWant: []string{"smtp_bind_address=", "ipv4"},
 		},
@@ -125,7 +125,7 @@ func TestRender(t *testing.T) {
 				c.OnMilterDown, c.TransportPrefix, c.BindingHeader = config.MilterDownTempfail, "out-", "X-Out"
 				return c
 			},
-			want: []string{"main smtpd_milters = { inet:127.0.0.1:8894, default_action=tempfail }", "/^X-Out: x KEY$/i FILTER out-x:", "service out-x unix", "/^X-Out:/ IGNORE", "cleanup_service_name = out-cleanup"},
+			want: []string{"main smtpd_milters = { inet:127.0.0.1:8894, default_action=tempfail }", "/^X-Out: x[[:space:]]+KEY$/i FILTER out-x:", "service out-x unix", "/^X-Out:/ IGNORE", "cleanup_service_name = out-cleanup"},
 		},
 		{
 			name: "EHLO __message__ with one Match_Domain",
@@ -184,7 +184,7 @@ func TestRender(t *testing.T) {
 				}
 				return c
 			},
-			want:    []string{"/^X-Binding: default KEY$/i FILTER smtp:", "@d.example smtp:", "param smtp/unix/smtp_helo_name = out.example"},
+			want:    []string{"/^X-Binding: default[[:space:]]+KEY$/i FILTER smtp:", "@d.example smtp:", "param smtp/unix/smtp_helo_name = out.example"},
 			notWant: []string{"vip_default", "smtp/unix/smtp_bind_address"},
 		},
 		{
@@ -243,7 +243,7 @@ func TestRender(t *testing.T) {
 				"param 127.0.0.1:10025/inet/receive_override_options = no_unknown_recipient_checks,no_milters",
 				"service vip_filtered unix n - - - 0 cleanup -o syslog_name=postfix/vip_filtered -o header_checks=regexp:/etc/postfix/vipmilter_header_checks -o mime_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o nested_header_checks=regexp:/etc/postfix/vipmilter_strip_checks -o body_checks=",
 				"-o header_checks=regexp:/etc/postfix/vipmilter_requeue_checks",
-				"table /etc/postfix/vipmilter_requeue_checks: /^X-Binding: \\S+ KEY$/i DUNNO",
+				"table /etc/postfix/vipmilter_requeue_checks: /^X-Binding: \\S+[[:space:]]+KEY$/i DUNNO",
 			},
 			notWant: []string{"main milter_header_checks"},
 		},
@@ -431,15 +431,9 @@ func TestRenderHooks(t *testing.T) {
 			for k, v := range tt.services {
 				opts.ServiceParams[k] = v
 			}
-			plan, err := Render(testConfig(binding("a", "192.0.2.11")), opts)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err %v, want %q", err, tt.err)
-				}
+			plan := renderOne(t, opts, tt.err)
+			if plan == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			got := plan.dump()
 			for _, w := range tt.want {
@@ -537,4 +531,20 @@ func dumpMain(m map[string]string) string {
 		b.WriteString(k + " = " + m[k] + "\n")
 	}
 	return b.String()
+}
+
+// renderOne renders a file of one binding with opts. With wantErr it fails
+// unless Render's error contains it, and returns nil.
+func renderOne(t *testing.T, opts Options, wantErr string) *Plan {
+	t.Helper()
+	plan, err := Render(testConfig(binding("a", "192.0.2.11")), opts)
+	switch {
+	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+		t.Fatalf("err %v, want %q", err, wantErr)
+	case wantErr != "":
+		return nil
+	case err != nil:
+		t.Fatal(err)
+	}
+	return plan
 }

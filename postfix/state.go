@@ -24,6 +24,7 @@ type State struct {
 	// (StampFile; see Options).
 	PrevMilter, PrevPolicy string
 	PrevDefaulted          []string
+	PrevDaemonNames        map[string]string
 	// LocalDomains are domains this Postfix delivers to itself (explicit
 	// mydestination, virtual and relay domains): FILTER would send their
 	// inbound mail out by SMTP.
@@ -99,6 +100,14 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 		st.PrevMilter = stampField(string(b), "milter")
 		st.PrevPolicy = stampField(string(b), "policy")
 		st.PrevDefaulted = strings.Fields(stampField(string(b), "defaulted"))
+		for _, kv := range strings.Fields(stampField(string(b), "daemon-names")) {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				if st.PrevDaemonNames == nil {
+					st.PrevDaemonNames = map[string]string{}
+				}
+				st.PrevDaemonNames[k] = v
+			}
+		}
 	}
 	return st, nil
 }
@@ -117,7 +126,8 @@ func stampField(stamp, name string) string {
 func (st *State) Options() Options {
 	o := Options{ConfigDir: st.Dir, QueueDir: st.QueueDir, Main: st.Main, Services: st.Services,
 		ServiceParams: st.ServiceParams, ContentFilter: st.ContentFilter,
-		PrevMilter: st.PrevMilter, PrevPolicy: st.PrevPolicy, PrevDefaulted: st.PrevDefaulted}
+		PrevMilter: st.PrevMilter, PrevPolicy: st.PrevPolicy, PrevDefaulted: st.PrevDefaulted,
+		PrevDaemonNames: st.PrevDaemonNames}
 	if f, ok := st.Services["smtp/unix"]; ok {
 		o.SMTPPrivate, o.SMTPUnpriv, o.SMTPChroot = f[2], f[3], f[4]
 	}
