@@ -144,6 +144,10 @@ func TestReadStateLocalDomains(t *testing.T) {
 		{"stock mydestination", "", false},
 		{"virtual mailboxes", "virtual_mailbox_domains = example.net\n", true},
 		{"own domain", "mydestination = example.org, localhost\n", true},
+		// What Debian's "Internet Site" writes: the stock value by meaning.
+		{"Debian Internet Site", "myhostname = mail.example.com\nmydomain = localdomain\nmydestination = $myhostname, mail.example.com, localhost.localdomain, localhost\n", false},
+		{"stock entries in another order", "mydestination = localhost $myhostname\n", false},
+		{"stock plus the mail domain", "myhostname = mail.example.com\nmydestination = $myhostname, localhost.$mydomain, localhost, example.com\n", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			st, err := ReadState(context.Background(), privateDir(t, tt.main))
@@ -152,6 +156,10 @@ func TestReadStateLocalDomains(t *testing.T) {
 			}
 			if got := len(st.LocalDomains) > 0; got != tt.local {
 				t.Fatalf("LocalDomains = %q, want local=%v", st.LocalDomains, tt.local)
+			}
+			// The refusal names what goes beyond the stock value.
+			if tt.local && !strings.Contains(strings.Join(st.LocalDomains, ";"), "beyond the stock value: example.") {
+				t.Errorf("LocalDomains = %q does not name the non-stock entry", st.LocalDomains)
 			}
 		})
 	}

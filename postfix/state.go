@@ -69,6 +69,9 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 	if err := os.WriteFile(filepath.Join(light, "master.cf"), nil, 0o644); err != nil {
 		return nil, err
 	}
+	if err := cooled(light); err != nil {
+		return nil, err
+	}
 	var out string
 	// One call for the effective values, one for the defaults.
 	local := []string{"mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains"}
@@ -76,24 +79,21 @@ func ReadState(ctx context.Context, dir string) (*State, error) {
 		return nil, err
 	}
 	cur := strings.Split(out, "\n")
-	// The default is compared as written ("$myhostname, localhost.$mydomain,
-	// localhost"), not expanded: -d would expand it with the machine's host
-	// name rather than main.cf's myhostname, and call the stock text local.
-	if out, err = postconf(ctx, light, append([]string{"-dh"}, local...)...); err != nil {
-		return nil, err
-	}
-	def := strings.Split(out, "\n")
-	if len(cur) < 2+len(local) || len(def) < len(local) {
+	if len(cur) < 2+len(local) {
 		return nil, fmt.Errorf("postconf -c %s: unexpected output %q", dir, out)
 	}
 	st.QueueDir, st.ContentFilter = strings.TrimSpace(cur[0]), strings.TrimSpace(cur[1])
+	stock, err := stockLocal(ctx, light, mainText, local)
+	if err != nil {
+		return nil, err
+	}
 	for i, name := range local {
-		raw, set := st.Main[name]
-		if !set || sameList(raw, def[i]) {
+		v := strings.TrimSpace(cur[2+i])
+		if v == "" {
 			continue
 		}
-		if v := strings.TrimSpace(cur[2+i]); v != "" {
-			st.LocalDomains = append(st.LocalDomains, name+" = "+v)
+		if extra := notIn(splitList(v), stock[i]); len(extra) > 0 {
+			st.LocalDomains = append(st.LocalDomains, name+" = "+v+" (beyond the stock value: "+strings.Join(extra, ", ")+")")
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, StampFile)); err == nil {
@@ -240,8 +240,61 @@ func logicalLines(text string) []string {
 	return logical
 }
 
-// sameList reports whether two Postfix list values hold the same entries
-// in the same order, whatever the separators (commas, white space).
-func sameList(a, b string) bool {
-	return slices.Equal(splitList(a), splitList(b))
+// stockLocal expands each of the parameters names to its stock value (the
+// default, "$myhostname, localhost.$mydomain, localhost" for mydestination)
+// with main.cf's own myhostname and mydomain: postconf -d would expand it
+// with the machine's host name instead. A value is compared by meaning, so
+// Debian's "$myhostname, mail.example.com, localhost.localdomain,
+// localhost" is stock when myhostname is mail.example.com and mydomain
+// localdomain. light is a throw-away directory holding a copy of main.cf.
+func stockLocal(ctx context.Context, light string, mainText []byte, names []string) ([][]string, error) {
+	out, err := postconf(ctx, light, append([]string{"-dh"}, names...)...)
+	if err != nil {
+		return nil, err
+	}
+	def := strings.Split(out, "\n")
+	if len(def) < len(names) {
+		return nil, fmt.Errorf("postconf -d: unexpected output %q", out)
+	}
+	// The last setting of a parameter in main.cf wins.
+	text := string(mainText) + "\n"
+	for i, name := range names {
+		text += name + " = " + strings.TrimSpace(def[i]) + "\n"
+	}
+	dir := filepath.Join(light, "stock")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	for name, data := range map[string][]byte{"main.cf": []byte(text), "master.cf": nil} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := cooled(dir); err != nil {
+		return nil, err
+	}
+	if out, err = postconf(ctx, dir, append([]string{"-xh"}, names...)...); err != nil {
+		return nil, err
+	}
+	vals := strings.Split(out, "\n")
+	if len(vals) < len(names) {
+		return nil, fmt.Errorf("postconf -x: unexpected output %q", out)
+	}
+	stock := make([][]string, len(names))
+	for i := range names {
+		stock[i] = splitList(vals[i])
+	}
+	return stock, nil
+}
+
+// notIn lists the entries of list that set lacks (domain names compare
+// without regard to case).
+func notIn(list, set []string) []string {
+	var extra []string
+	for _, e := range list {
+		if !slices.ContainsFunc(set, func(s string) bool { return strings.EqualFold(s, e) }) {
+			extra = append(extra, e)
+		}
+	}
+	return extra
 }
