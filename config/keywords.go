@@ -58,7 +58,7 @@ func init() {
 			Doc: "What happens when the Sieve script fails at run time or names no known binding or group: `default` delivers through the fallback binding and logs an error; `tempfail` answers 4xx so the client retries later.",
 			set: setOnPolicyError},
 		{Name: "On_Milter_Down", Scopes: inGlobal, Values: "`accept` \\| `tempfail`", Default: string(DefaultOnMilterDown),
-			Doc: "Rendered as Postfix's `milter_default_action`: what Postfix does when it cannot reach the milter. With `accept`, mail still flows and `Match_Domain` bindings are still honoured through `sender_dependent_default_transport_maps`.",
+			Doc: "What Postfix does when it cannot reach vipmilter: rendered as the `default_action` of vipmilter's own milter entry (`{ inet:…, default_action=accept }`; main.cf's `milter_default_action` stays the host's) and, with the policy hook, of its `check_policy_service` entry (`DUNNO` or `DEFER_IF_PERMIT`). With `accept`, mail still flows and `Match_Domain` bindings are still honoured through `sender_dependent_default_transport_maps`; with `tempfail`, clients get 4xx and retry.",
 			set: setOnMilterDown},
 		{Name: "Max_Body_Bytes", Scopes: inGlobal, Values: "bytes, optional suffix `K`, `M`, `G` (binary)", Default: sizeText(DefaultMaxBodyBytes),
 			Doc: "How much of the body a script that requires `body` may see. Postfix is only asked for the body when the script needs it.",

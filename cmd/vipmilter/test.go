@@ -56,12 +56,16 @@ func cmdTest(c *cli, args []string) error {
 	fs.StringVar(&m.RemoteIP, "remote-ip", "127.0.0.1", "client `IP`")
 	fs.StringVar(&m.RemoteHost, "remote-host", "localhost", "client `HOST` name")
 	fs.StringVar(&m.Helo, "helo", "", "client HELO/EHLO `NAME`")
-	fs.StringVar(&m.Daemon, "daemon", "smtpd", "Postfix daemon `NAME` ({daemon_name})")
+	fs.StringVar(&m.Daemon, "daemon", "", "Postfix daemon `NAME` ({daemon_name}); default: this host's name, which stock Postfix sends for every service ($myhostname) unless vipmilter postfix --daemon-name set one")
 	fs.StringVar(&m.QueueID, "queue-id", "", "Postfix queue `ID`")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	allLive := fs.Bool("all-live", false, "treat every binding address as on the host (default: read the host's addresses, as serve does)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if m.Daemon == "" {
+		// What the live milter and policy service see on a stock Postfix.
+		m.Daemon, _ = os.Hostname()
 	}
 	files := fs.Args()
 	if len(to) == 0 {
