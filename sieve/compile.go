@@ -3,7 +3,6 @@ package sieve
 import (
 	"bytes"
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -89,7 +88,7 @@ func (e *scriptErrors) err() error {
 // problem is reported as "file:line:column: reason" in vipmilter's words;
 // all problems the checks find are reported together (config.ErrorList).
 func compile(path string, src []byte, cfg *config.Config) (*interp.Script, []parser.Cmd, error) {
-	errs := &scriptErrors{file: filepath.Base(path)}
+	errs := &scriptErrors{file: path}
 	toks, err := lexer.Lex(bytes.NewReader(src), &lexer.Options{Filename: errs.file, MaxTokens: 100000})
 	if err != nil {
 		if pos, what, ok := lexProblem(src); ok {
@@ -217,7 +216,7 @@ func (e *scriptErrors) checkBinding(c parser.Cmd, cfg *config.Config) {
 		if entry == "" || cfg.Binding(entry) != nil || cfg.Group(entry) != nil {
 			continue
 		}
-		msg := fmt.Sprintf("binding %q is not declared in %s", entry, filepath.Base(cfg.File))
+		msg := fmt.Sprintf("binding %q is not declared in %s", entry, cfg.File)
 		if cfg.File == "" {
 			msg = fmt.Sprintf("binding %q is not declared", entry)
 		}

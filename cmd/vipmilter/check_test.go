@@ -60,6 +60,7 @@ func TestCheckCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, out, errOut := run("check", "-c", tt.conf)
+			errOut = strings.ReplaceAll(errOut, filepath.Dir(tt.conf)+string(filepath.Separator), "")
 			if code != tt.wantCode {
 				t.Fatalf("exit %d, want %d\nstdout %s\nstderr %s", code, tt.wantCode, out, errOut)
 			}

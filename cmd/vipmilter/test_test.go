@@ -190,6 +190,8 @@ func TestTestCommandScriptErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			code, _, errOut := run("test", "-c", conf, "--from", "a@x.example", "--to", "r@d.example")
+			// Files are named by absolute path, so they open from anywhere.
+			errOut = strings.ReplaceAll(errOut, filepath.Dir(conf)+string(filepath.Separator), "")
 			if code != 1 || !strings.Contains(errOut, tt.want) || strings.Contains(errOut, "Load") {
 				t.Errorf("exit %d, stderr %q; want 1 and %q", code, errOut, tt.want)
 			}
