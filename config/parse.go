@@ -198,6 +198,8 @@ type parser struct {
 	// keyword is the statement being read, named in errors about its
 	// label or value ("" while reading the keyword itself).
 	keyword string
+	// open are the stanzas being read, outermost first.
+	open []*Node
 }
 
 // scan reads the next token. A token holding a character no value may
@@ -294,14 +296,22 @@ func (p *parser) block(depth int, stanza *Node, open Pos) ([]*Node, bool) {
 		case tokOpen:
 			n.Block = true
 			if depth >= 2 {
-				return nil, p.fail(n.Pos, "%s: stanzas nest at most two deep (Binding_Group > Binding)", n.Name)
+				// Mostly a "}" forgotten earlier: say which stanzas are
+				// still open, so the place can be found.
+				var inside []string
+				for _, o := range p.open {
+					inside = append(inside, fmt.Sprintf("%s %q (line %d)", o.Name, o.Label, o.Pos.Line))
+				}
+				return nil, p.fail(n.Pos, "%s: stanzas nest at most two deep (Binding_Group > Binding), and this one is inside %s: is a \"}\" missing?", n.Name, strings.Join(inside, " > "))
 			}
 			brace := p.tok.pos
 			p.keyword = ""
 			if !p.scan() {
 				return nil, false
 			}
+			p.open = append(p.open, n)
 			children, ok := p.block(depth+1, n, brace)
+			p.open = p.open[:len(p.open)-1]
 			if !ok {
 				return nil, false
 			}

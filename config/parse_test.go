@@ -290,6 +290,8 @@ func TestParseErrors(t *testing.T) {
 		{"missing equals", "Binding_Header X-B", `t.conf:1:16: Binding_Header: expected "=" before "X-B"`},
 		{"label without brace", `Binding "A" Bind_Address = 1`, `t.conf:1:13: Binding "A": expected "{"`},
 		{"too deep", `Binding_Group "G" { Binding "A" { Binding "B" { } } }`, `t.conf:1:35: Binding: stanzas nest at most two deep`},
+		{"a forgotten brace names the open stanzas", "Binding \"N\" {\n  Bind_Address = 192.0.2.1\nBinding_Group \"P\" {\n  Binding \"P1\" { Bind_Address = 192.0.2.2 }\n}\n}\n",
+			`t.conf:4:3: Binding: stanzas nest at most two deep (Binding_Group > Binding), and this one is inside Binding "N" (line 1) > Binding_Group "P" (line 3): is a "}" missing?`},
 		// keywords
 		{"unknown keyword suggests", "Bind_Adress = 10.0.0.1", `t.conf:1:1: Bind_Adress: unknown keyword; did you mean Bind_Address?`},
 		{"unknown keyword far", "Frobnicate = 1", `t.conf:1:1: Frobnicate: unknown keyword`},

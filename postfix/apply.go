@@ -202,7 +202,7 @@ func Apply(ctx context.Context, plan *Plan, st *State, ao ApplyOptions) (*Result
 		changes = append(changes, change{desc: "main.cf", diff: setDiff})
 	}
 	if len(unsetDiff) > 0 {
-		changes = append(changes, change{desc: "main.cf (removed)", diff: unsetDiff})
+		changes = append(changes, change{desc: "main.cf (settings removed)", diff: unsetDiff})
 	}
 
 	res := &Result{}
