@@ -46,7 +46,7 @@ var keywordIndex map[string]*keyword
 func init() {
 	keywords = []*keyword{
 		{Name: "Milter_Listen", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Default: DefaultMilterListen,
-			Doc: "Where `vipmilter serve` listens, in Postfix notation. A unix socket must live under Postfix's queue directory (normally /var/spool/postfix) so that chrooted smtpd processes can reach it; `vipmilter postfix` refuses one that does not. Ignored when systemd passes a listening socket (socket activation).",
+			Doc: "Where `vipmilter serve` listens, in Postfix notation. When master.cf runs smtpd and cleanup chrooted (Debian does), a unix socket must live under Postfix's queue directory (normally /var/spool/postfix) and `vipmilter postfix` names it as seen from the jail; it refuses one outside, and any unix socket when smtpd and cleanup differ in chroot (docs/postfix.md, \"Milter address and Debian's chroot\"). Ignored when systemd passes a listening socket (socket activation).",
 			set: setMilterListen},
 		{Name: "Sieve_Script", Scopes: inGlobal, Values: "file name", Unset: "none",
 			Doc: "The Sieve policy, relative to the binding file's directory. Without a script, bindings are chosen by `Match_Domain` alone.",
@@ -106,7 +106,7 @@ func init() {
 			Doc: "How Postfix asks vipmilter for a binding. `auto` takes the cheapest hook that sees what the policy reads: none for `Match_Domain` alone (Postfix's `sender_dependent_default_transport_maps`), Postfix's SMTPD policy delegation when the script reads only the envelope and connection (sender, recipients, SASL login, client address and name, HELO, queue id, service), the milter when it reads headers, the body or the size. `vipmilter check` prints the choice and why. `milter` forces the milter; `policy` forces the policy service and is refused when the script reads what Postfix does not send to one. Mail submitted with `sendmail` never passes smtpd: with the policy hook it still passes the milter (`non_smtpd_milters`).",
 			set: setHook},
 		{Name: "Policy_Listen", Scopes: inGlobal, Values: "`unix:/path`, `inet:host:port`, `inet6:[addr]:port`", Default: DefaultPolicyListen,
-			Doc: "Where `vipmilter serve` answers Postfix's SMTPD policy requests (`check_policy_service`) when the policy hook is in use. A unix socket must be reachable by smtpd (under the queue directory when smtpd runs chrooted).",
+			Doc: "Where `vipmilter serve` answers Postfix's SMTPD policy requests (`check_policy_service`) when the policy hook is in use. A unix socket must be reachable by every smtpd service: under the queue directory when they run chrooted (named as seen from the jail); refused when some run chrooted and some not.",
 			set: setPolicyListen},
 		{Name: "Binding", Scopes: inGlobal | inGroup, Stanza: true, Repeat: true, Values: "name: `[A-Za-z0-9._-]`, 1–64, case-sensitive",
 			Doc: "A source identity: addresses, EHLO name and delivery limits. The binding named `default` is the fallback for mail the policy does not place; without one, such mail takes Postfix's ordinary delivery. Names must also differ in more than letter case: `Pool` next to `pool` is refused as a likely typo. The names `cleanup` and `filtered` are reserved (`<prefix>cleanup` and `<prefix>filtered` are cleanup services `vipmilter postfix` adds), and a name whose transport `<prefix><name>` is a stock Postfix service (`smtp`, `local`, `default`, …) is refused."},

@@ -112,11 +112,14 @@ func policyEntry(addr string, cfg *config.Config) string {
 	return fmt.Sprintf("check_policy_service { %s, default_action=%s }", addr, action)
 }
 
-// policyAddress renders Policy_Listen as smtpd reaches it: a chrooted
-// smtpd sees the queue directory as "/".
+// policyAddress renders Policy_Listen as every smtpd service reaches it: a
+// chrooted smtpd sees the queue directory as "/".
 func policyAddress(listen config.Listen, opts Options) (string, error) {
 	path := listen.Path()
-	if path == "" || !opts.MilterChrooted {
+	if path != "" && opts.SMTPDChrootMixed {
+		return "", fmt.Errorf("Policy_Listen %q: some smtpd services in master.cf run chrooted and some not, so no unix socket path works for all of them; use inet:127.0.0.1:PORT", listen)
+	}
+	if path == "" || !opts.SMTPDChrooted {
 		return listen.String(), nil
 	}
 	q := filepath.Clean(opts.QueueDir)

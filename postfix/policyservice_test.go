@@ -14,6 +14,7 @@ func TestPolicyService(t *testing.T) {
 		listen    string
 		down      config.MilterDownAction
 		chrooted  bool
+		mixed     bool // some smtpd services chrooted, some not
 		rcpts     bool // PolicyRecipients
 		host      map[string]string
 		daemons   map[string]string
@@ -51,11 +52,15 @@ func TestPolicyService(t *testing.T) {
 			host:      map[string]string{"smtpd_recipient_restrictions": prev},
 			wantData:  "check_policy_service { inet:127.0.0.1:8895, default_action=DUNNO }",
 			wantUnset: "smtpd_recipient_restrictions"},
+		{name: "smtpd services differ in chroot: a unix socket is refused", listen: "unix:/var/spool/postfix/vipmilter/policy.sock", mixed: true, err: "some smtpd services in master.cf run chrooted and some not"},
+		{name: "smtpd services differ in chroot: inet is fine", listen: "inet:127.0.0.1:8895", mixed: true, rcpts: true,
+			wantRcpt: "check_policy_service { inet:127.0.0.1:8895, default_action=DUNNO }",
+			wantData: "check_policy_service { inet:127.0.0.1:8895, default_action=DUNNO }"},
 		{name: "chrooted smtpd, socket outside", listen: "unix:/run/vipmilter/policy.sock", chrooted: true, err: "Policy_Listen \"unix:/run/vipmilter/policy.sock\": smtpd runs chrooted"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := &config.Config{PolicyListen: config.MustParseListen(c.listen), OnMilterDown: c.down}
-			h, err := PolicyService(cfg, Options{QueueDir: "/var/spool/postfix", MilterChrooted: c.chrooted, PolicyRecipients: c.rcpts}, c.host, prev, c.daemons)
+			h, err := PolicyService(cfg, Options{QueueDir: "/var/spool/postfix", SMTPDChrooted: c.chrooted, SMTPDChrootMixed: c.mixed, PolicyRecipients: c.rcpts}, c.host, prev, c.daemons)
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("err %v, want %q", err, c.err)
@@ -84,6 +89,35 @@ func TestPolicyService(t *testing.T) {
 			}
 			if strings.Join(params, " ") != c.wantParam {
 				t.Errorf("service params %v, want %q", params, c.wantParam)
+			}
+		})
+	}
+}
+
+// TestStateChroot: which smtpd services run chrooted, from master.cf's
+// chroot column: all, none, or some (then no unix policy socket works).
+func TestStateChroot(t *testing.T) {
+	svc := func(name, typ, chroot, cmd string) []string {
+		return []string{name, typ, "n", "-", chroot, "-", "-", cmd}
+	}
+	for _, c := range []struct {
+		name                          string
+		services                      [][]string
+		wantChrooted, wantMixed, milt bool
+	}{
+		{"Debian: all chrooted", [][]string{svc("smtp", "inet", "y", "smtpd"), svc("submission", "inet", "y", "smtpd"), svc("cleanup", "unix", "y", "cleanup")}, true, false, true},
+		{"upstream: none chrooted", [][]string{svc("smtp", "inet", "n", "smtpd"), svc("cleanup", "unix", "n", "cleanup")}, false, false, false},
+		{"submission not chrooted", [][]string{svc("smtp", "inet", "y", "smtpd"), svc("submission", "inet", "n", "smtpd"), svc("cleanup", "unix", "y", "cleanup")}, false, true, true},
+		{"the default chroot (-) is not chrooted", [][]string{svc("smtp", "inet", "-", "smtpd"), svc("127.0.0.1:10025", "inet", "y", "smtpd")}, false, true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := &State{Services: map[string][]string{}}
+			for _, f := range c.services {
+				st.Services[f[0]+"/"+f[1]] = f
+			}
+			o := st.Options()
+			if o.SMTPDChrooted != c.wantChrooted || o.SMTPDChrootMixed != c.wantMixed || o.MilterChrooted != c.milt {
+				t.Errorf("SMTPDChrooted %v, SMTPDChrootMixed %v, MilterChrooted %v; want %v, %v, %v", o.SMTPDChrooted, o.SMTPDChrootMixed, o.MilterChrooted, c.wantChrooted, c.wantMixed, c.milt)
 			}
 		})
 	}

@@ -77,6 +77,11 @@ type Options struct {
 	// MilterChrootMixed is true when one runs chrooted and the other not,
 	// so no single unix path works for both.
 	MilterChrooted, MilterChrootMixed bool
+	// SMTPDChrooted tells whether every smtpd service in master.cf runs
+	// chrooted (a unix Policy_Listen is then named from inside the jail);
+	// SMTPDChrootMixed that some do and some do not (no unix path works
+	// for all of them).
+	SMTPDChrooted, SMTPDChrootMixed bool
 
 	// LocalDelivery is true when this Postfix also delivers some domains
 	// itself (the administrator accepted that with --allow-local-domains).

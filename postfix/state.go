@@ -141,6 +141,18 @@ func (st *State) Options() Options {
 	}
 	o.MilterChrooted = cleanup && smtpd
 	o.MilterChrootMixed = cleanup != smtpd
+	// Policy requests come from every smtpd service (port 25, submission,
+	// smtps, a content filter's re-injection), each with its own chroot
+	// column.
+	chrooted, plain := false, false
+	for _, f := range st.Services {
+		if len(f) > 7 && f[7] == "smtpd" {
+			chrooted = chrooted || f[4] == "y"
+			plain = plain || f[4] != "y"
+		}
+	}
+	o.SMTPDChrooted = chrooted && !plain
+	o.SMTPDChrootMixed = chrooted && plain
 	return o
 }
 
