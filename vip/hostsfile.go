@@ -48,7 +48,7 @@ func (r *HostsReport) Summary() string {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
 		}
 	}
-	parts = append(parts, fmt.Sprintf("%d errors", counts[Failed]))
+	parts = append(parts, errorCount(counts[Failed]))
 	return fmt.Sprintf("hosts file %s: %s; %s", r.Path, strings.Join(parts, ", "), r.Write)
 }
 

@@ -218,6 +218,14 @@ func (p *Provisioner) apply(pl *plan, st *state) error {
 	return errors.Join(addErr, st.save(p.stateDir))
 }
 
+// errorCount is "0 errors", "1 error", "2 errors".
+func errorCount(n int) string {
+	if n == 1 {
+		return "1 error"
+	}
+	return fmt.Sprintf("%d errors", n)
+}
+
 // Summary counts results by status, e.g. "2 added, 3 present, 0 errors";
 // a dry run's "would" counts stand where the real run's will.
 func Summary(rs []Result) string {
@@ -231,6 +239,6 @@ func Summary(rs []Result) string {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
 		}
 	}
-	parts = append(parts, fmt.Sprintf("%d errors", counts[Failed]))
+	parts = append(parts, errorCount(counts[Failed]))
 	return strings.Join(parts, ", ")
 }

@@ -138,8 +138,8 @@ Binding "B" { Bind_Address = 192.0.2.20 }
 Binding "B" { Bind_Address = 192.0.2.20 }`, []string{"check", "-c", conf, "--routes", "--probe", "203.0.113.7"}, 0, []string{"ok   B 192.0.2.20 -> 203.0.113.7 via 10.99.0.254 dev eth0"}},
 		{"prune after removing B", `Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10 }`, []string{"provision", "-c", conf, "--prune"}, 0, []string{"removed      192.0.2.20/32", "2 present, 1 removed, 0 errors"}},
 		{"move to another interface in one run", `Binding "A" { Bind_Address = 192.0.2.10  Bind_Address = 2001:db8::10  Interface = eth1 }`, []string{"provision", "-c", conf, "--prune"}, 0, []string{"added        192.0.2.10/32                               on eth1", "removed      192.0.2.10/32                               on eth0", "2 added, 2 removed, 0 errors"}},
-		{"missing interface", `Binding "C" { Bind_Address = 192.0.2.30  Interface = nope0 }`, []string{"provision", "-c", conf}, 1, []string{`interface "nope0" does not exist`, "1 errors"}},
-		{"address on another interface", `Binding "D" { Bind_Address = 10.99.0.1  Interface = eth1 }`, []string{"provision", "-c", conf}, 1, []string{"already configured on interface eth0", "1 errors"}},
+		{"missing interface", `Binding "C" { Bind_Address = 192.0.2.30  Interface = nope0 }`, []string{"provision", "-c", conf}, 1, []string{`interface "nope0" does not exist`, "1 error"}},
+		{"address on another interface", `Binding "D" { Bind_Address = 10.99.0.1  Interface = eth1 }`, []string{"provision", "-c", conf}, 1, []string{"already configured on interface eth0", "1 error"}},
 	}
 	for _, s := range steps {
 		if s.conf != "" {
@@ -398,7 +398,7 @@ Binding "C" { Bind_Address = 192.0.2.30 }
 			file: base + block(lineA), inode: "new"},
 		{name: "host line maps A's address to another name", edit: func() { appendFile(t, hosts, "192.0.2.10 mx.example.org\n") }, code: 1,
 			want: []string{"error        192.0.2.10 out-a.example.com                hosts file         binding A: line 8 maps 192.0.2.10 to mx.example.org first, so Sendmail greets with mx.example.org; not overridden",
-				"removed      192.0.2.10 out-a.example.com", ": 1 present, 1 removed, 1 errors; replaced"},
+				"removed      192.0.2.10 out-a.example.com", ": 1 present, 1 removed, 1 error; replaced"},
 			file: base + block("2001:db8::10 out-a.example.com # binding A") + "192.0.2.10 mx.example.org\n", inode: "new"},
 		{name: "bind-mounted file rewritten in place", conf: a + b, edit: func() { os.WriteFile(hosts, []byte(base+block(lineA)), 0o640); copyFile(t, hosts, bindSrc, 0o640) }, wrap: bindMount,
 			want: []string{"added        192.0.2.20 out-b.example.com", ": 1 added, 2 present, 0 errors; rewritten in place, not atomically (cannot rename a file over it: device or resource busy)"},
