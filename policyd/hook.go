@@ -39,7 +39,14 @@ func ChooseHook(cfg *config.Config, needs sieve.Needs) (hook config.Hook, reason
 	}
 	asked := "asked once per message, at DATA"
 	if needs.Recipients {
-		asked = "asked at every RCPT and at DATA, since a recipient can change the decision"
+		why := "the script may read envelope \"to\""
+		for _, g := range cfg.Groups {
+			if g.Selection == config.SelectSticky {
+				why = fmt.Sprintf("Binding_Group %q is sticky: it picks its member by the recipient's domain", g.Name)
+				break
+			}
+		}
+		asked = "asked at every RCPT and at DATA, since a recipient can change the decision (" + why + ")"
 	}
 	switch cfg.Hook {
 	case config.HookMilter:
