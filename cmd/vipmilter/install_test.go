@@ -29,7 +29,7 @@ var realHostSteps = []realHostStep{
 	{readme: "systemd-tmpfiles --create vipmilter.conf", args: []string{"systemd-tmpfiles", "--root=ROOT", "--create", "vipmilter.conf"}},
 	{readme: "$EDITOR /etc/vipmilter/vipmilter.conf", skip: "interactive; the example file is checked as installed"},
 	{readme: "vipmilter check", args: []string{"ROOT/usr/bin/vipmilter", "check"}},
-	{readme: "vipmilter test --from a@example.com --to b@example.org", args: []string{"ROOT/usr/bin/vipmilter", "test", "--from", "a@example.com", "--to", "b@example.org"}},
+	{readme: "vipmilter test --all-live --from a@example.com --to b@example.org", args: []string{"ROOT/usr/bin/vipmilter", "test", "--all-live", "--from", "a@example.com", "--to", "b@example.org"}},
 	{readme: "vipmilter postfix --config-dir /etc/postfix", skip: "changes a Postfix; TestCmdPostfix runs it on a private one"},
 	{readme: "systemctl daemon-reload", skip: "needs a running systemd; make systemd-check verifies the units"},
 	{readme: "systemctl enable --now vipmilter-provision vipmilter", skip: "needs a running systemd; make systemd-check verifies the units"},
