@@ -357,6 +357,8 @@ func TestLoadErrorsAndNeeds(t *testing.T) {
 		{name: "text never closed", script: req + "set \"binding\" text:\nB\n", wantErr: `policy.sieve:2:15: text: is never closed`},
 		{name: "lone CR", script: req + "keep;\rkeep;\n", wantErr: `policy.sieve:2:6: CR not followed by LF`},
 		{name: "stray character", script: req + "keep; @\n", wantErr: `policy.sieve:2:7: unexpected character '@'`},
+		{name: "quote forgotten earlier", script: req + "if exists \"List-Id {\n  set \"binding\" \"B\";\n}\nif header :contains \"Subject\" \"x.y\" { keep; }\n",
+			wantErr: `policy.sieve:5:33: unexpected character '.' (the string opened at line 2, column 11 runs over several lines: is a closing " missing there?)`},
 		{name: "block never closed", script: req + "if true {\n  if false { keep; }\n", wantErr: `policy.sieve:2:9: "{" is never closed`},
 		// go-sieve would silently drop everything after a stray "}".
 		{name: "stray closing brace", script: req + "keep; }\nset \"binding\" \"B\";\n", wantErr: `policy.sieve:2:7: unexpected "}": nothing to close here`},

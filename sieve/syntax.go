@@ -36,16 +36,27 @@ func lexProblem(src []byte) (pos lexer.Position, what string, ok bool) {
 			next()
 		}
 	}
+	// A quoted string may span lines (RFC 5228 §2.4.2), but one that does
+	// is mostly a closing quote forgotten earlier: the scan then fails
+	// further on, where the next quote left everything after it outside a
+	// string. Such a failure names that string too.
+	var spanning *lexer.Position
+	hint := func(what string) string {
+		if spanning == nil {
+			return what
+		}
+		return fmt.Sprintf("%s (the string opened at line %d, column %d runs over several lines: is a closing \" missing there?)", what, spanning.Line, spanning.Col)
+	}
 	for i < len(src) {
 		b := next()
 		at := lexer.Position{Line: line, Col: col}
 		switch {
 		case b == 0:
-			return at, "NUL character", true
+			return at, hint("NUL character"), true
 		case b == '\r' && (i >= len(src) || src[i] != '\n'):
-			return at, "CR not followed by LF", true
+			return at, hint("CR not followed by LF"), true
 		case b == '"':
-			closed := false
+			closed, from := false, line
 			for i < len(src) && !closed {
 				switch next() {
 				case '\\':
@@ -57,13 +68,16 @@ func lexProblem(src []byte) (pos lexer.Position, what string, ok bool) {
 			if !closed {
 				return at, "string is never closed (missing \")", true
 			}
+			if line != from && spanning == nil {
+				spanning = &at
+			}
 		case b == '#':
 			for i < len(src) && src[i] != '\n' {
 				next()
 			}
 		case b == '/':
 			if i >= len(src) || src[i] != '*' {
-				return at, `unexpected "/" (comments are "# ..." or "/* ... */")`, true
+				return at, hint(`unexpected "/" (comments are "# ..." or "/* ... */")`), true
 			}
 			end := bytes.Index(src[i+1:], []byte("*/"))
 			if end < 0 {
@@ -82,7 +96,7 @@ func lexProblem(src []byte) (pos lexer.Position, what string, ok bool) {
 			}
 		case bytes.IndexByte([]byte("[]{}(),:; \t\n\r"), b) >= 0:
 		default:
-			return at, fmt.Sprintf("unexpected character %q", rune(b)), true
+			return at, hint(fmt.Sprintf("unexpected character %q", rune(b))), true
 		}
 	}
 	return lexer.Position{}, "", false
