@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 
 	"github.com/vipmilter/vipmilter/config"
@@ -97,16 +98,20 @@ func cmdProvision(c *cli, args []string) error {
 	}
 	defer p.Close()
 	o := provisionRun{dry: *dry, prune: *prune, hostsFile: *hostsFile}
-	failed, err := provisionOnce(c, p, cfg, o)
+	addrs, hosts, err := provisionOnce(c, p, cfg, o)
 	if err != nil {
 		return err
 	}
 	if !*watch {
-		if failed && *hostsFile != "" {
-			return &exitError{1, errors.New("some binding addresses could not be ensured, or the hosts file does not map each to its EHLO name")}
+		var failed []string
+		if addrs {
+			failed = append(failed, "some binding addresses could not be ensured")
 		}
-		if failed {
-			return &exitError{1, errors.New("some binding addresses could not be ensured")}
+		if hosts {
+			failed = append(failed, "the hosts file "+*hostsFile+" does not map each binding address to its EHLO name")
+		}
+		if len(failed) > 0 {
+			return &exitError{1, errors.New(strings.Join(failed, "; ") + " (see the error lines above)")}
 		}
 		return nil
 	}
@@ -120,34 +125,34 @@ type provisionRun struct {
 }
 
 // provisionOnce prints one line per address and a summary, then the same
-// for the hosts file; failed is true when any declared address is not on
-// the host or the hosts file could not hold every entry. A dry run prints
-// the plan the real run would carry out.
-func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, o provisionRun) (failed bool, err error) {
+// for the hosts file; addrs is true when any declared address is not on
+// the host, hosts when the hosts file could not hold every entry. A dry
+// run prints the plan the real run would carry out.
+func provisionOnce(c *cli, p *vip.Provisioner, cfg *config.Config, o provisionRun) (addrs, hosts bool, err error) {
 	rs, err := p.Provision(vip.Wants(cfg), vip.Options{Prune: o.prune, DryRun: o.dry})
 	if err != nil {
-		return true, err
+		return true, false, err
 	}
 	for _, r := range rs {
 		fmt.Fprintln(c.stdout, r)
-		failed = failed || r.Status == vip.Failed
+		addrs = addrs || r.Status == vip.Failed
 	}
 	fmt.Fprintln(c.stdout, vip.Summary(rs))
 	if o.hostsFile == "" {
-		return failed, nil
+		return addrs, false, nil
 	}
 	// A hosts file that cannot be written is reported and fails the run,
 	// but does not stop the addresses, which matter more, being kept.
 	rep, err := vip.UpdateHosts(o.hostsFile, vip.HostsEntries(cfg, sendmail.ResolvedEHLO), o.dry)
 	if err != nil {
 		fmt.Fprintf(c.stdout, "error        %v\n", err)
-		return true, nil
+		return addrs, true, nil
 	}
 	for _, r := range rep.Results {
 		fmt.Fprintln(c.stdout, r)
 	}
 	fmt.Fprintln(c.stdout, rep.Summary())
-	return failed || rep.Failed(), nil
+	return addrs, rep.Failed(), nil
 }
 
 func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, cfg *config.Config, o provisionRun) error {
@@ -175,7 +180,7 @@ func provisionWatch(c *cli, log *slog.Logger, p *vip.Provisioner, path string, c
 			mu.Lock()
 			current = vip.Wants(next)
 			mu.Unlock()
-			if _, err := provisionOnce(c, p, next, o); err != nil {
+			if _, _, err := provisionOnce(c, p, next, o); err != nil {
 				log.Error("provisioning after reload", "err", err)
 			}
 			log.Info("binding file reloaded", "addresses", len(wants()))
