@@ -222,17 +222,19 @@ func (s *serveState) reload() {
 // (Sendmail_Socketmap set) the socketmap carries the decision and no header
 // is written, so no key is needed.
 func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (milter.Settings, error) {
+	st := milter.Settings{
+		BindingHeader:  cfg.BindingHeader,
+		MaxBodyBytes:   cfg.MaxBodyBytes,
+		MaxHeaderBytes: cfg.MaxHeaderBytes,
+		OnPolicyError:  cfg.OnPolicyError,
+		Decided:        sm.decided(),
+		MaxConnections: cfg.MaxConnections,
+		CommandTimeout: cfg.IdleTimeout,
+		PacketTimeout:  cfg.PacketTimeout,
+	}
 	if !cfg.SendmailSocketmap.IsZero() {
-		return milter.Settings{
-			BindingHeader: cfg.BindingHeader,
-			NoHeader:      true,
-			MaxBodyBytes:  cfg.MaxBodyBytes,
-			OnPolicyError: cfg.OnPolicyError,
-			Decided:       sm.decided(),
-
-			MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
-			CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
-		}, nil
+		st.NoHeader = true
+		return st, nil
 	}
 	key, err := config.ReadHeaderKey(cfg.HeaderKeyFile)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -242,16 +244,8 @@ func milterSettings(log *slog.Logger, cfg *config.Config, sm *sendmailSide) (mil
 	if err != nil {
 		return milter.Settings{}, err
 	}
-	return milter.Settings{
-		BindingHeader: cfg.BindingHeader,
-		HeaderKey:     key,
-		MaxBodyBytes:  cfg.MaxBodyBytes,
-		OnPolicyError: cfg.OnPolicyError,
-		Decided:       sm.decided(),
-
-		MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConnections: cfg.MaxConnections,
-		CommandTimeout: cfg.IdleTimeout, PacketTimeout: cfg.PacketTimeout,
-	}, nil
+	st.HeaderKey = key
+	return st, nil
 }
 
 func logWarnings(log *slog.Logger, cfg *config.Config) {
