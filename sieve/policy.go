@@ -164,5 +164,23 @@ func (p *Policy) ReadsHeader(name string) bool {
 	if !p.needs.Headers {
 		return false
 	}
-	return p.allHeaders || p.headers[strings.ToLower(name)]
+	if p.allHeaders {
+		return true
+	}
+	// The milter asks once per header field of every message: fold the
+	// ASCII name (RFC 5322 §2.2) into a stack buffer, so the lookup
+	// allocates nothing, instead of strings.ToLower.
+	var buf [64]byte
+	if len(name) > len(buf) {
+		return p.headers[strings.ToLower(name)]
+	}
+	b := buf[:len(name)]
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	return p.headers[string(b)]
 }

@@ -643,3 +643,19 @@ Binding_Group "R" { Selection = random  Binding "R1" { Bind_Address = 192.0.2.5 
 		})
 	}
 }
+
+// TestReadsHeaderAllocs: the milter asks for every header field of every
+// message; the answer must not allocate.
+func TestReadsHeaderAllocs(t *testing.T) {
+	p, err := New(testConfig(t, req+`if header :contains "Subject" "x" { set "binding" "B"; }`, true, config.PolicyErrorDefault), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if !p.ReadsHeader("SUBJECT") || p.ReadsHeader("Received") {
+			t.Fatal("wrong answer")
+		}
+	}); n != 0 {
+		t.Errorf("ReadsHeader allocates %.0f times per call", n)
+	}
+}
