@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -28,7 +29,9 @@ policy hook; neither for the none hook (Match_Domain only), when serve
 only waits for a reload. SIGHUP reloads the binding file and script and
 starts or stops listeners when the hook changed, keeping the old policy
 and listeners when the new ones do not load or start; SIGTERM/SIGINT stop
-accepting and let sessions in flight finish. Exits 2 on config errors.`
+accepting and let sessions in flight finish. Runs Go on a quarter of the
+CPUs (at least one; the environment's GOMAXPROCS instead, when set): the
+MTA needs the rest. Exits 2 on config errors.`
 
 func cmdServe(c *cli, args []string) error {
 	fs := c.flags("serve")
@@ -43,6 +46,9 @@ func cmdServe(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+
+	procs, from := sizeScheduler(goMaxProcsSet())
+	log.Info("scheduler", "gomaxprocs", procs, "from", from, "cpus", runtime.NumCPU())
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
