@@ -18,6 +18,9 @@
 //	                        an envelope-only script of 50 envelope tests: Hook = auto
 //	                        chooses the SMTPD policy service (check_policy_service,
 //	                        "vipmilter serve" on Policy_Listen), no smtpd milter
+//	policy floor unix|inet  Postfix as for "vipmilter policy", the service a trivial Go
+//	                        program answering DUNNO (Match_Domain routes): the floor
+//	                        for the policy hook
 //
 // Before measuring a vipmilter variant it checks that "vipmilter postfix"
 // rendered the hook the variant measures, and after the burst that serve
@@ -64,6 +67,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == policyFloorArg {
+		if err := runPolicyFloor(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/hooks policy floor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/hooks:", err)
 		os.Exit(1)

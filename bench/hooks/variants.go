@@ -26,11 +26,12 @@ const (
 type kind int
 
 const (
-	kindNone   kind = iota // Postfix alone
-	kindFloor              // minimal C libmilter milter
-	kindMilter             // vipmilter, 50 header rules: the milter hook
-	kindDomain             // vipmilter, Match_Domain only: no hook
-	kindPolicy             // vipmilter, envelope-only script: the SMTPD policy-service hook
+	kindNone        kind = iota // Postfix alone
+	kindFloor                   // minimal C libmilter milter
+	kindMilter                  // vipmilter, 50 header rules: the milter hook
+	kindDomain                  // vipmilter, Match_Domain only: no hook
+	kindPolicy                  // vipmilter, envelope-only script: the SMTPD policy-service hook
+	kindPolicyFloor             // the policy hook's Postfix side, answered by a trivial Go service
 )
 
 // variant is one way of running Postfix. listen is the milter's socket
@@ -53,12 +54,19 @@ func variants(sockDir string) []variant {
 		{name: "vipmilter Match_Domain (no hook)", kind: kindDomain},
 		{name: "vipmilter policy unix", kind: kindPolicy, listen: unix("policy")},
 		{name: "vipmilter policy inet", kind: kindPolicy, listen: "inet:127.0.0.1:7203"},
+		{name: "policy floor unix", kind: kindPolicyFloor, listen: unix("policy-floor")},
+		{name: "policy floor inet", kind: kindPolicyFloor, listen: "inet:127.0.0.1:7204"},
 	}
 }
 
-// floorOf is the floor-milter variant on the same socket kind as v.
+// floorOf is v's floor on the same socket kind: the floor milter, or for
+// the policy hook the policy floor.
 func floorOf(v variant) string {
-	return "floor milter " + v.name[strings.LastIndexByte(v.name, ' ')+1:]
+	floor := "floor milter "
+	if v.kind == kindPolicy {
+		floor = "policy floor "
+	}
+	return floor + v.name[strings.LastIndexByte(v.name, ' ')+1:]
 }
 
 // notAvailable marks a variant this build cannot run as the benchmark
@@ -122,8 +130,11 @@ func (v variant) setup(ctx context.Context, b *bench) (running, error) {
 	} else if err := b.render(ctx, v, sys); err != nil {
 		return none, err
 	}
-	if v.kind == kindDomain {
+	switch v.kind {
+	case kindDomain:
 		return none, nil
+	case kindPolicyFloor:
+		return b.startPolicyFloor(ctx, v)
 	}
 	if err := sys.StartServe(ctx); err != nil {
 		return none, err
@@ -184,7 +195,7 @@ func (b *bench) checkRendered(ctx context.Context, v variant) error {
 		if policy {
 			wrong = append(wrong, "check_policy_service is rendered")
 		}
-	case kindPolicy:
+	case kindPolicy, kindPolicyFloor:
 		// The script reads no recipient and the file has no sticky
 		// group, so Postfix asks once per message, at DATA.
 		entry := "check_policy_service { " + b.seen(v.listen) + ","
@@ -268,7 +279,7 @@ func writeBindings(dir, sockDir string, v variant) (string, error) {
 		for i := range 50 {
 			fmt.Fprintf(&script, "if header :contains \"X-Bench-%d\" \"never-%d\" { set \"binding\" \"default\"; stop; }\n", i, i)
 		}
-	case kindPolicy:
+	case kindPolicy, kindPolicyFloor:
 		// Hook = auto (the default) must choose the policy service for
 		// an envelope-only script; the milter stays for mail from
 		// sendmail (non_smtpd_milters), which the benchmark does not send.
