@@ -153,7 +153,7 @@ func report(w io.Writer, vs []variant, bursts []burst, maxOther float64) {
 	tw.Flush()
 	fmt.Fprintf(w, "× NO MILTER / × FLOOR: median (range) of per-round throughput ratios to the same round's burst;\n"+
 		"CPU RATIO: Postfix alone's CPU per message / the variant's Postfix+milter CPU per message, pooled (range of rounds);\n"+
-		"CPU RATIO × FLOOR: the same against the floor milter on the same socket kind;\n"+
+		"CPU RATIO × FLOOR: the same against the floor on the same socket kind (the floor milter; the policy floor for the policy hook);\n"+
 		"a burst is kept when processes outside the benchmark used ≤ %.0f%% of the machine's CPU", 100*maxOther)
 	if spoiler != "" {
 		fmt.Fprintf(w, "; no burst of %q was, so every burst of every variant is kept", spoiler)
@@ -169,6 +169,9 @@ type goal struct {
 	variant, base string
 	milterCPU     bool // milter CPU per message ≤ limit × base's; otherwise the ratios ≥ limit
 	limit         float64
+	// bound marks a line that is not one of the issue's goals but bounds
+	// one: what the policy floor reaches, and vipmilter against it.
+	bound bool
 }
 
 var goals = []goal{
@@ -179,6 +182,10 @@ var goals = []goal{
 	{what: "50 header rules, milter inet × floor milter inet", variant: "vipmilter 50 rules inet", base: "floor milter inet", limit: 0.95},
 	{what: "vipmilter's milter CPU/msg unix × floor milter's", variant: "vipmilter 50 rules unix", base: "floor milter unix", milterCPU: true, limit: 1.5},
 	{what: "vipmilter's milter CPU/msg inet × floor milter's", variant: "vipmilter 50 rules inet", base: "floor milter inet", milterCPU: true, limit: 1.5},
+	{what: "(bound) policy floor unix × Postfix alone", variant: "policy floor unix", base: "no milter", limit: 0.95, bound: true},
+	{what: "(bound) policy floor inet × Postfix alone", variant: "policy floor inet", base: "no milter", limit: 0.95, bound: true},
+	{what: "(bound) policy hook unix × policy floor unix", variant: "vipmilter policy unix", base: "policy floor unix", limit: 0.95, bound: true},
+	{what: "(bound) policy hook inet × policy floor inet", variant: "vipmilter policy inet", base: "policy floor inet", limit: 0.95, bound: true},
 }
 
 // reportGoals prints, for each goal whose variants ran, the figure, the
@@ -187,17 +194,22 @@ var goals = []goal{
 // machine the CPU ratio is the steadier of the two).
 func reportGoals(w io.Writer, pools map[string]pooled) {
 	ran := func(name string) bool { return len(pools[name].counted) > 0 }
-	verdict := func(ok bool) string {
-		if ok {
-			return "pass"
-		}
-		return "FAIL"
-	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nGOAL (issue 11)\tMEASURE\tFIGURE\tGOAL\tRESULT")
 	for _, g := range goals {
 		if !ran(g.variant) || !ran(g.base) {
 			continue
+		}
+		verdict := func(ok bool) string {
+			switch {
+			case g.bound && ok:
+				return "above (not a goal)"
+			case g.bound:
+				return "below (not a goal)"
+			case ok:
+				return "pass"
+			}
+			return "FAIL"
 		}
 		p, base := pools[g.variant], pools[g.base]
 		if g.milterCPU {

@@ -23,7 +23,8 @@ func TestReportGoals(t *testing.T) {
 			b("floor milter unix", r, 10, 9, 1),
 			b("vipmilter 50 rules unix", r, 10, 8.8, 1.2), // CPU ratio 1.00, milter CPU 1.2×
 			b("floor milter inet", r, 10, 9, 1),
-			b("vipmilter 50 rules inet", r, 10, 8, 2), // milter CPU 2×
+			b("vipmilter 50 rules inet", r, 10, 8, 2),   // milter CPU 2×
+			b("policy floor unix", r, 10/0.9, 9.5, 0.5), // CPU ratio 0.90; vipmilter's 1.00× of it
 		)
 	}
 	var out bytes.Buffer
@@ -54,12 +55,14 @@ func TestReportGoals(t *testing.T) {
 		"50 header rules, milter unix × floor milter unix / CPU ratio, pooled":             "pass",
 		"vipmilter's milter CPU/msg unix × floor milter's / milter CPU ms/msg, pooled":     "pass",
 		"vipmilter's milter CPU/msg inet × floor milter's / milter CPU ms/msg, pooled":     "FAIL",
+		"(bound) policy floor unix × Postfix alone / CPU ratio, pooled":                    "below (not a goal)",
+		"(bound) policy hook unix × policy floor unix / CPU ratio, pooled":                 "above (not a goal)",
 	} {
 		if verdicts[what] != want {
 			t.Errorf("%s: %q, want %q", what, verdicts[what], want)
 		}
 	}
-	if strings.Contains(got, "policy hook inet") {
+	if strings.Contains(got, "policy hook inet") || strings.Contains(got, "policy floor inet") {
 		t.Error("a goal whose variant did not run is reported")
 	}
 }
