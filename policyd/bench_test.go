@@ -2,7 +2,6 @@ package policyd
 
 import (
 	"bufio"
-	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -11,30 +10,12 @@ import (
 	"time"
 
 	"github.com/vipmilter/vipmilter/config"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
-
-// dunnoServer is the baseline: the least a policy server can do, reading
-// each request to its empty line and answering DUNNO, as the trivial Go
-// service of the cost study did.
-func dunnoServer(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReader(c)
-	for {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			return
-		}
-		if len(line) == 1 {
-			if _, err := io.WriteString(c, "action=DUNNO\n\n"); err != nil {
-				return
-			}
-		}
-	}
-}
 
 // BenchmarkMessage measures one message as Postfix asks about it (one RCPT
 // request, one DATA request, over a unix socket) against the DUNNO
-// baseline; compare the two ns/op figures of one run.
+// baseline (testenv.AnswerDUNNO); compare the two figures of one run.
 func BenchmarkMessage(b *testing.B) {
 	rcpt := strings.Join(req("RCPT", "B1", "sender=a@x.test", "recipient=r@d.test", "queue_id="), "\n") + "\n\n"
 	data := strings.Join(req("DATA", "B1", "sender=a@x.test", "recipient=r@d.test", "recipient_count=1", "queue_id=4XyZ1"), "\n") + "\n\n"
@@ -91,7 +72,7 @@ func BenchmarkMessage(b *testing.B) {
 		// latency on a shared machine.
 		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 	}
-	b.Run("dunno", func(b *testing.B) { run(b, dunnoServer) })
+	b.Run("dunno", func(b *testing.B) { run(b, testenv.AnswerDUNNO) })
 	b.Run("policyd", func(b *testing.B) {
 		s := newServer(b, testScript)
 		run(b, s.ServeConn)

@@ -1,16 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"syscall"
 
 	"github.com/vipmilter/vipmilter/config"
 	"github.com/vipmilter/vipmilter/e2e"
+	"github.com/vipmilter/vipmilter/internal/testenv"
 )
 
 // policyFloorArg runs this binary as the policy floor (os.Args[1]), the
@@ -28,21 +27,28 @@ const policyFloorArg = "policy-floor"
 // startPolicyFloor starts the policy floor on v.listen in the MTA's
 // namespace.
 func (b *bench) startPolicyFloor(ctx context.Context, v variant) (running, error) {
-	none := running{stop: func() {}}
 	self, err := os.Executable()
 	if err != nil {
-		return none, err
+		return running{stop: func() {}}, err
 	}
-	cmd := b.netw.MTA.Command(context.Background(), self, policyFloorArg, v.listen)
+	return b.startFloor(ctx, "policy floor", v.listen, self, policyFloorArg, v.listen)
+}
+
+// startFloor runs argv (a floor: the C milter or the policy floor) in the
+// MTA's namespace and waits until it accepts on listen.
+func (b *bench) startFloor(ctx context.Context, what, listen string, argv ...string) (running, error) {
+	none := running{stop: func() {}}
+	cmd := b.netw.MTA.Command(context.Background(), argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return none, fmt.Errorf("policy floor: %w", err)
+		return none, fmt.Errorf("%s: %w", what, err)
 	}
+	// "ip netns exec" execs the program: this is its process id.
 	r := running{pid: func() (int, error) { return cmd.Process.Pid, nil },
 		stop: func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }}
-	if err := e2e.WaitMilter(ctx, b.netw.MTA, v.listen); err != nil {
+	if err := e2e.WaitMilter(ctx, b.netw.MTA, listen); err != nil {
 		r.stop()
-		return none, fmt.Errorf("policy floor: %w", err)
+		return none, fmt.Errorf("%s: %w", what, err)
 	}
 	return r, nil
 }
@@ -70,23 +76,6 @@ func runPolicyFloor(listen string) error {
 		if err != nil {
 			return err
 		}
-		go answerDUNNO(c)
-	}
-}
-
-// answerDUNNO answers every request on c with DUNNO.
-func answerDUNNO(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReader(c)
-	for {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			return
-		}
-		if len(line) == 1 {
-			if _, err := io.WriteString(c, "action=DUNNO\n\n"); err != nil {
-				return
-			}
-		}
+		go testenv.AnswerDUNNO(c)
 	}
 }

@@ -97,16 +97,8 @@ func (v variant) setup(ctx context.Context, b *bench) (running, error) {
 		if err != nil {
 			return none, err
 		}
-		cmd := b.netw.MTA.Command(context.Background(), b.floor, conn)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			return none, fmt.Errorf("floor milter: %w", err)
-		}
-		// "ip netns exec" execs the milter: this is its process id.
-		r := running{pid: func() (int, error) { return cmd.Process.Pid, nil },
-			stop: func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }}
-		if err := e2e.WaitMilter(ctx, b.netw.MTA, v.listen); err != nil {
-			r.stop()
+		r, err := b.startFloor(ctx, "floor milter", v.listen, b.floor, conn)
+		if err != nil {
 			return none, err
 		}
 		if err := b.pf.Postconf(ctx, "smtpd_milters="+b.seen(v.listen), "milter_default_action=tempfail", "milter_protocol=6"); err != nil {
