@@ -29,16 +29,24 @@ func serveProcs(procs int, envSet bool) (n int, from string) {
 	return max(1, (procs+procsShare-1)/procsShare), "auto"
 }
 
-// sizeScheduler applies serveProcs to this process and returns it.
-func sizeScheduler(envSet bool) (n int, from string) {
-	n, from = serveProcs(runtime.GOMAXPROCS(0), envSet)
+// sizeScheduler applies serveProcs to this process once, at start, and
+// returns it with the runtime's value before (its default when the
+// environment does not set one). Go then no longer follows a changed
+// cgroup CPU limit (it does only while GOMAXPROCS was never set).
+func sizeScheduler(envSet bool) (n int, from string, before int) {
+	before = runtime.GOMAXPROCS(0)
+	n, from = serveProcs(before, envSet)
 	runtime.GOMAXPROCS(n)
-	return n, from
+	return n, from, before
 }
 
 // goMaxProcsSet reports whether the environment sets GOMAXPROCS to a value
-// the Go runtime honours (a positive integer; it ignores anything else).
-func goMaxProcsSet() bool {
-	n, err := strconv.Atoi(os.Getenv("GOMAXPROCS"))
+// the Go runtime honours; it ignores anything else and uses its default.
+func goMaxProcsSet() bool { return honoured(os.Getenv("GOMAXPROCS")) }
+
+// honoured is the Go runtime's own test (runtime.schedinit, Go 1.26): a
+// decimal int32 above 0, sign allowed.
+func honoured(v string) bool {
+	n, err := strconv.ParseInt(v, 10, 32)
 	return err == nil && n > 0
 }

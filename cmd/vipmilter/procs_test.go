@@ -25,3 +25,17 @@ func TestServeProcs(t *testing.T) {
 		}
 	}
 }
+
+// TestHonoured follows the Go runtime's reading of GOMAXPROCS: serve must
+// not claim a value the runtime ignored.
+func TestHonoured(t *testing.T) {
+	for v, want := range map[string]bool{
+		"1": true, "3": true, "2147483647": true,
+		"": false, "0": false, "junk": false, " 3": false, "3 ": false, "+3": true, "-1": false, "0x3": false,
+		"2147483648": false, "99999999999999999999": false,
+	} {
+		if got := honoured(v); got != want {
+			t.Errorf("honoured(%q) = %v, want %v", v, got, want)
+		}
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -47,8 +46,8 @@ func cmdServe(c *cli, args []string) error {
 		return err
 	}
 
-	procs, from := sizeScheduler(goMaxProcsSet())
-	log.Info("scheduler", "gomaxprocs", procs, "from", from, "cpus", runtime.NumCPU())
+	procs, from, def := sizeScheduler(goMaxProcsSet())
+	log.Info("scheduler", "gomaxprocs", procs, "from", from, "runtime_default", def)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
