@@ -33,12 +33,13 @@
 // figures (its share is still printed), unless some variant has no burst
 // under it: then every burst of every variant counts. Per variant it reports
 // throughput and its ratio to the same round's "no milter" burst (and for
-// vipmilter on the milter hook, to the same round's floor milter on the
-// same socket kind), Postfix's own CPU per 1,000 messages and the milter's
-// CPU per message, pooled over the kept bursts. Both cores are saturated
-// during a burst, so the CPU ratio (Postfix alone's CPU per message over
-// the variant's Postfix+milter CPU per message) is the steadier measure
-// on a shared machine.
+// vipmilter, to the same round's floor on the same socket kind: the floor
+// milter for the milter hook, the policy floor for the policy hook),
+// Postfix's own CPU per 1,000 messages and the hook's CPU per message (the
+// milter's, or the policy service's), pooled over the kept bursts. Both
+// cores are saturated during a burst, so the CPU ratio (Postfix alone's CPU
+// per message over the variant's Postfix+hook CPU per message) is the
+// steadier measure on a shared machine.
 //
 // Run as root from the module root:
 //

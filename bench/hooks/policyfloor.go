@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
+	"strconv"
 	"syscall"
 
 	"github.com/vipmilter/vipmilter/config"
@@ -31,7 +33,11 @@ func (b *bench) startPolicyFloor(ctx context.Context, v variant) (running, error
 	if err != nil {
 		return running{stop: func() {}}, err
 	}
-	return b.startFloor(ctx, "policy floor", v.listen, self, policyFloorArg, v.listen)
+	// The scheduler as serve sizes it (cmd/vipmilter/procs.go: a quarter of
+	// the runtime's default, at least one), so floor and serve differ only
+	// in what serve does per request. env execs: the process id stays.
+	procs := max(1, (runtime.GOMAXPROCS(0)+3)/4)
+	return b.startFloor(ctx, "policy floor", v.listen, "env", "GOMAXPROCS="+strconv.Itoa(procs), self, policyFloorArg, v.listen)
 }
 
 // startFloor runs argv (a floor: the C milter or the policy floor) in the

@@ -121,7 +121,7 @@ func report(w io.Writer, vs []variant, bursts []burst, maxOther float64) {
 	base := pools["no milter"]
 	basePF := base.perMsg(base.postfix)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VARIANT\tMSG/S\t× NO MILTER\t× FLOOR\tPOSTFIX CPU s/1000 msg\tMILTER CPU ms/msg\tADDED CPU ms/msg\tCPU RATIO\tCPU RATIO × FLOOR\tMILTER CPU × FLOOR\tBURSTS KEPT\tOTHERS' CPU SHARE")
+	fmt.Fprintln(tw, "VARIANT\tMSG/S\t× NO MILTER\t× FLOOR\tPOSTFIX CPU s/1000 msg\tHOOK CPU ms/msg\tADDED CPU ms/msg\tCPU RATIO\tCPU RATIO × FLOOR\tHOOK CPU × FLOOR\tBURSTS KEPT\tOTHERS' CPU SHARE")
 	for _, v := range vs {
 		p := pools[v.name]
 		if len(p.all) == 0 {
@@ -152,7 +152,8 @@ func report(w io.Writer, vs []variant, bursts []burst, maxOther float64) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "× NO MILTER / × FLOOR: median (range) of per-round throughput ratios to the same round's burst;\n"+
-		"CPU RATIO: Postfix alone's CPU per message / the variant's Postfix+milter CPU per message, pooled (range of rounds);\n"+
+		"HOOK CPU: the milter's, or the policy service's (vipmilter serve, the policy floor);\n"+
+		"CPU RATIO: Postfix alone's CPU per message / the variant's Postfix+hook CPU per message, pooled (range of rounds);\n"+
 		"CPU RATIO × FLOOR: the same against the floor on the same socket kind (the floor milter; the policy floor for the policy hook);\n"+
 		"a burst is kept when processes outside the benchmark used ≤ %.0f%% of the machine's CPU", 100*maxOther)
 	if spoiler != "" {
