@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestCommandHelp: every command answers -h and "help NAME" with exit 0
@@ -201,4 +202,16 @@ type flagVar = flag.Flag
 func isBool(f *flag.Flag) bool {
 	b, ok := f.Value.(interface{ IsBoolFlag() bool })
 	return ok && b.IsBoolFlag()
+}
+
+// TestHelpWrapped keeps every command's help text readable in an 80-column
+// terminal, as docs/commands.md is generated from it.
+func TestHelpWrapped(t *testing.T) {
+	for _, c := range commands {
+		for i, line := range strings.Split(c.help, "\n") {
+			if n := utf8.RuneCountInString(line); n > 80 {
+				t.Errorf("vipmilter help %s, line %d: %d columns (wrap at 80): %q", c.name, i+1, n, line)
+			}
+		}
+	}
 }

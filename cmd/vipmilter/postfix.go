@@ -27,8 +27,9 @@ content-filtered mail on its binding. The hook follows the binding file and
 its script, as "vipmilter check" prints it: none (Match_Domain only: no
 milter, no policy service), policy (check_policy_service first in
 smtpd_data_restrictions, and in smtpd_recipient_restrictions when a
-recipient can change the decision; the milter in non_smtpd_milters only) or milter (after the host's own milters); entries of
-an earlier hook are removed. The host's own checks, milters and maps are kept, never replaced.
+recipient can change the decision; the milter in non_smtpd_milters only)
+or milter (after the host's own milters); entries of an earlier hook are
+removed. The host's own checks, milters and maps are kept, never replaced.
 Everything is staged and checked ("postfix check" on the staged copy) before
 anything is switched in: on failure nothing changed. Only what differs is
 changed: a second run prints "no changes". A running Postfix is reloaded.

@@ -46,8 +46,8 @@ addr flush, its local route removed), tells systemd when ready
 between "# BEGIN vipmilter" and "# END vipmilter" lines holding
 "ADDRESS NAME" for every binding address whose EHLO_Hostname is a host
 name with a dot: Sendmail greets with the name its bound address resolves
-to, so this makes it greet with EHLO_Hostname. Lines outside the block are kept byte
-for byte; the file is written only when the block changes, with its mode
+to, so this makes it greet with EHLO_Hostname. Lines outside the block
+are kept byte for byte; the file is written only when the block changes, with its mode
 and owner, atomically (a new file renamed over it) or, where FILE cannot be
 replaced (a bind-mounted /etc/hosts), in place; the summary says which. An
 address the host's own lines already map to another name is an error line

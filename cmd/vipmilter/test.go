@@ -36,8 +36,9 @@ The message file is read the way the milter receives it: each header field,
 folded or not, is given to the policy as the MTA would give it, so a rule
 proven here decides alike in the milter.
 
-Flags may come before or after MESSAGE. It needs no root and no network. The exit status is 0 when a decision was
-printed (a reject too), 1 when the binding file or the script has errors.`
+Flags may come before or after MESSAGE. It needs no root and no network.
+The exit status is 0 when a decision was printed (a reject too), 1 when
+the binding file or the script has errors.`
 
 // listFlag collects a repeated flag in order.
 type listFlag []string
