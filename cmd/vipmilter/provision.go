@@ -43,17 +43,17 @@ addr flush, its local route removed), tells systemd when ready
 (Type=notify) and re-reads the file on SIGHUP.
 
 --hosts-file FILE (opt-in, e.g. /etc/hosts) also keeps a block of FILE
-between "# BEGIN vipmilter" and "# END vipmilter" lines holding
-"ADDRESS NAME" for every binding address whose EHLO_Hostname is a host
-name with a dot: Sendmail greets with the name its bound address resolves
-to, so this makes it greet with EHLO_Hostname. Lines outside the block
-are kept byte for byte; the file is written only when the block changes, with its mode
-and owner, atomically (a new file renamed over it) or, where FILE cannot be
-replaced (a bind-mounted /etc/hosts), in place; the summary says which. An
-address the host's own lines already map to another name is an error line
-(the resolver answers with the first line, so Sendmail would greet with
-that name), never overridden. --dry-run prints the lines it would add and
-remove; --watch re-applies it on SIGHUP.
+between "# BEGIN vipmilter" and "# END vipmilter" lines holding "ADDRESS
+NAME" for every binding address whose EHLO_Hostname is a host name with
+a dot: Sendmail greets with the name its bound address resolves to, so
+this makes it greet with EHLO_Hostname. Lines outside the block are kept
+byte for byte; the file is written only when the block changes, with its
+mode and owner, atomically (a new file renamed over it) or, where FILE
+cannot be replaced (a bind-mounted /etc/hosts), in place; the summary
+says which. An address the host's own lines already map to another name
+is an error line (the resolver answers with the first line, so Sendmail
+would greet with that name), never overridden. --dry-run prints the
+lines it would add and remove; --watch re-applies it on SIGHUP.
 
 Needs CAP_NET_ADMIN (root, or vipmilter-provision.service), and write
 access to FILE with --hosts-file (vipmilter-provision.service needs a
