@@ -3,7 +3,6 @@ package milter
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -148,8 +147,8 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, er
 		met.split.Inc()
 	}
 	attrs := []any{"queue_id", s.msg.QueueID, "from", s.msg.From, "rcpts", len(s.msg.To),
-		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", splitText(d),
-		"trace", traceText(d.Trace), "elapsed", time.Since(s.started)}
+		"binding", d.Binding, "group", d.Group, "reason", d.Reason, "split", d.SplitText(),
+		"trace", d.TraceText(), "elapsed", time.Since(s.started)}
 	if s.capped {
 		attrs = append(attrs, "headers_capped", st.MaxHeaderBytes)
 	}
@@ -203,35 +202,6 @@ func (s *session) Abort(gomilter.Modifier) error {
 	return nil
 }
 
-// splitText is the log's split value: "true", "false", or "unknown" when
-// split detection stopped early (sieve.Decision.SplitUnknown).
-func splitText(d sieve.Decision) string {
-	if d.SplitUnknown {
-		return "unknown"
-	}
-	return strconv.FormatBool(d.Split)
-}
-
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
-}
-
-// traceText is the decision's trace on one log line: which rule decided,
-// and for a group which members were skipped and why.
-func traceText(steps []sieve.Step) string {
-	var b strings.Builder
-	for i, st := range steps {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(st.Rule)
-		if st.Line > 0 {
-			fmt.Fprintf(&b, " (line %d)", st.Line)
-		}
-		if st.Detail != "" {
-			b.WriteString(": ")
-			b.WriteString(st.Detail)
-		}
-	}
-	return b.String()
 }

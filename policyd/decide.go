@@ -151,18 +151,8 @@ func (s *Server) logDecision(msg *sieve.Message, d sieve.Decision) {
 	if d.Group != "" {
 		attrs = append(attrs, "group", d.Group)
 	}
-	if d.Split {
-		attrs = append(attrs, "split", true)
-	} else if d.SplitUnknown {
-		attrs = append(attrs, "split", "unknown")
-	}
-	if len(d.Trace) > 0 {
-		steps := make([]string, len(d.Trace))
-		for i, st := range d.Trace {
-			steps[i] = st.Rule + ": " + st.Detail
-		}
-		attrs = append(attrs, "trace", strings.Join(steps, "; "))
-	}
+	// The milter's decision line has the same split and trace fields.
+	attrs = append(attrs, "split", d.SplitText(), "trace", d.TraceText())
 	lvl := slog.LevelInfo
 	if d.Err != nil {
 		lvl = slog.LevelError

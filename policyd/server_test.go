@@ -1,6 +1,8 @@
 package policyd
 
 import (
+	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -224,5 +226,25 @@ if envelope :domain :is "from" "news.test" { set "binding" "News"; stop; }
 				t.Errorf("DATA: %q (open %v), want %q", act, ok, c.want)
 			}
 		})
+	}
+}
+
+// TestDecisionLog: the policy service logs one line per decision with the
+// fields the milter's decision line has (queue id, split, trace with the
+// script line).
+func TestDecisionLog(t *testing.T) {
+	var buf bytes.Buffer
+	s := New(testPolicy(t, testScript), Options{BindingHeader: "X-Binding", HeaderKey: key, Daemon: "mta.test",
+		Log: slog.New(slog.NewTextHandler(&buf, nil))})
+	cl := dial(t, s)
+	// "Sub" is set in one place only, so the trace can name its line.
+	if act, ok := cl.ask(req("DATA", "m1", "sender=a@other.test", "recipient=r@d.test", "recipient_count=1", "queue_id=4QID", "policy_context=submission")...); !ok || act != prepend("Sub") {
+		t.Fatalf("DATA: %q (open %v), want %q", act, ok, prepend("Sub"))
+	}
+	line := buf.String()
+	for _, want := range []string{`msg="policy decision"`, " queue_id=4QID ", " binding=Sub ", " split=false ", `trace="script (line 6): binding = Sub"`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log line lacks %s:\n%s", want, line)
+		}
 	}
 }

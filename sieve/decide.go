@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -65,6 +66,27 @@ type Step struct {
 	Detail string `json:"detail"`
 }
 
+// String is the step on one line: "rule (line N): detail", without the
+// parts that are unknown.
+func (s Step) String() string {
+	var b strings.Builder
+	s.writeTo(&b)
+	return b.String()
+}
+
+func (s Step) writeTo(b *strings.Builder) {
+	b.WriteString(s.Rule)
+	if s.Line > 0 {
+		b.WriteString(" (line ")
+		b.WriteString(strconv.Itoa(s.Line))
+		b.WriteByte(')')
+	}
+	if s.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(s.Detail)
+	}
+}
+
 // Decision is the outcome for one message. Its JSON form (MarshalJSON) is
 // what "vipmilter test --json" prints.
 type Decision struct {
@@ -93,6 +115,28 @@ type Decision struct {
 	// was not on the host.
 	Unavailable int
 	Elapsed     time.Duration
+}
+
+// TraceText is the trace on one log line, steps (Step.String) separated by
+// "; ": the milter's and the policy service's decision lines.
+func (d Decision) TraceText() string {
+	var b strings.Builder
+	for i, st := range d.Trace {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		st.writeTo(&b)
+	}
+	return b.String()
+}
+
+// SplitText is the decision's split on a log line: "true", "false", or
+// "unknown" when split detection stopped early (SplitUnknown).
+func (d Decision) SplitText() string {
+	if d.SplitUnknown {
+		return "unknown"
+	}
+	return strconv.FormatBool(d.Split)
 }
 
 // MarshalJSON gives a Decision as one object: binding, group, reason,
